@@ -1,0 +1,112 @@
+"""kerasfix: Keras 2's per-output loss metrics on every Keras 3 release.
+
+Importing kerasfix switches it on (mode from `KERASFIX`, "unweighted" when
+unset); `KERASFIX=0` keeps it off. The patch lands when Keras's
+`CompileLoss` module is imported, or at once if it already was.
+"""
+
+import os
+import sys
+
+from kerasfix import _config, _patch
+from kerasfix._config import ENV_VAR, MODES, STRICT_ENV_VAR
+from kerasfix._patch import KerasfixError, KerasfixWarning
+
+__version__ = "0.1.0"
+__all__ = [
+    "ENV_VAR",
+    "MODES",
+    "STRICT_ENV_VAR",
+    "KerasfixError",
+    "KerasfixWarning",
+    "disable",
+    "enable",
+    "status",
+]
+
+_hook_registered = False
+
+
+def enable(mode="unweighted"):
+    """Reports per-output losses as Keras 2 did, on models compiled from now.
+
+    `mode="unweighted"` is Keras 2 (the raw loss of each output);
+    `mode="weighted"` is Keras 3.5/3.6 (loss x loss weight). Calling it again
+    with the same mode does nothing; with another mode it changes what the
+    next traced step records. Models whose loss was built before keep Keras's
+    own metrics until they are compiled again.
+    """
+    global _hook_registered
+    _config.check_mode(mode)
+    with _patch._lock:
+        _patch._mode = mode
+        _patch._strict = _config.strict_from_env(os.environ)
+        if not _hook_registered:
+            import wrapt
+
+            _hook_registered = True
+            # Fires now if Keras is already imported, else right after it is.
+            # The trainer module, not compile_utils: it imports CompileLoss
+            # and is half-built while compile_utils' own hook would run.
+            wrapt.register_post_import_hook(
+                _patch.apply, _patch._adapters.TRAINER
+            )
+        elif _patch._adapters.TRAINER in sys.modules:
+            _patch.apply(sys.modules[_patch._adapters.TRAINER])
+
+
+def disable():
+    """Restores Keras exactly as it was; models go back to Keras's metrics."""
+    with _patch._lock:
+        _patch._mode = None
+        _patch.undo()
+
+
+def status():
+    """What kerasfix does in this process, as a dict.
+
+    Keys: kerasfix, keras, backend, internals, requested_mode, effective.
+    `effective` is "patched" (Keras 2 semantics in force), "upstream"
+    (kerasfix off), "native" (Keras 2 itself), "unsupported" (kerasfix
+    declined this Keras) or "no keras". Imports Keras to find out.
+    """
+    keras_version = _patch._keras_version()
+    info = {
+        "kerasfix": __version__,
+        "keras": keras_version,
+        "backend": None,
+        "internals": None,
+        "requested_mode": _patch._mode,
+        "effective": "no keras",
+    }
+    if keras_version is None:
+        return info
+    if int(keras_version.split(".")[0]) < 3:
+        info["effective"] = "native"
+        return info
+    import importlib
+
+    importlib.import_module(_patch._adapters.TRAINER)
+    from keras.src import backend
+
+    info["backend"] = backend.backend()
+    if _patch._adapter is not None:
+        info["internals"] = (
+            f"{_patch._adapter.name} (Keras {_patch._adapter.releases})"
+        )
+        info["effective"] = "patched"
+    elif _patch._declined is not None:
+        info["internals"] = _patch._declined
+        info["effective"] = "unsupported"
+    else:
+        info["effective"] = "upstream"
+    return info
+
+
+def _enable_from_env():
+    mode = _config.mode_from_env(os.environ)
+    if mode is not None or os.environ.get(ENV_VAR) is None:
+        enable(mode or "unweighted")
+
+
+_enable_from_env()

@@ -1,0 +1,337 @@
+"""The patch: Keras 2's per-output loss metrics inside Keras 3's CompileLoss.
+
+Upstream `CompileLoss.call` still computes the total, so the loss that is
+trained on is upstream's own arithmetic. Each resolved loss function is
+proxied by a `_Recorder` that notes its raw value as `call` runs; after
+`call`, kerasfix updates one `Mean` per output with those values, weighted by
+the dynamic batch size, under the names Keras 2 gave them. While `call`
+runs, `CompileLoss.metrics` is a list of `None` as long as the losses, so
+upstream records nothing and (on 3.5-3.6) drops no loss from the total.
+"""
+
+import functools
+import threading
+import warnings
+import weakref
+
+import wrapt
+
+from kerasfix import _adapters
+
+
+class KerasfixWarning(UserWarning):
+    """kerasfix declined to patch, or changed what Keras would have done."""
+
+
+class KerasfixError(RuntimeError):
+    """kerasfix could not patch and `KERASFIX_STRICT` forbids going on."""
+
+
+_lock = threading.RLock()
+_mode = None  # "unweighted" | "weighted" | None (inactive)
+_strict = False
+_adapter = None
+_declined = None  # why the installed Keras was not patched
+_patches = []  # (owner, attribute, original, replacement)
+_tracked = weakref.WeakKeyDictionary()  # CompileLoss -> _Tracked
+_warned = set()
+
+
+def warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, KerasfixWarning, stacklevel=3)
+
+
+class _Tracked:
+    """kerasfix's state for one CompileLoss built while kerasfix was on."""
+
+    def __init__(self):
+        self.metrics = None  # one Mean (or None) per loss entry, once named
+        self.records = None  # a list while upstream `call` runs
+
+
+class _Recorder(wrapt.ObjectProxy):
+    """A loss function that also notes its raw value for kerasfix."""
+
+    def __init__(self, loss_fn, tracked, index):
+        super().__init__(loss_fn)
+        self._self_tracked = tracked
+        self._self_index = index
+
+    def __call__(self, y_true, y_pred, *args, **kwargs):
+        value = self.__wrapped__(y_true, y_pred, *args, **kwargs)
+        records = self._self_tracked.records
+        if records is not None:
+            records.append((self._self_index, value, y_pred))
+        return value
+
+
+def _install_recorders(compile_loss, tracked):
+    entries = getattr(compile_loss, _adapter.losses_attr)
+    for index, entry in enumerate(entries or ()):
+        fn = _adapter.entry_fn(entry)
+        if fn is not None and not isinstance(fn, _Recorder):
+            entries[index] = _adapter.with_fn(
+                entry, _Recorder(fn, tracked, index)
+            )
+
+
+def _remove_recorders(compile_loss):
+    entries = getattr(compile_loss, _adapter.losses_attr, None)
+    for index, entry in enumerate(entries or ()):
+        fn = _adapter.entry_fn(entry)
+        if isinstance(fn, _Recorder):
+            entries[index] = _adapter.with_fn(entry, fn.__wrapped__)
+
+
+def _flatten_with_names(structure, prefix=()):
+    """Leaves in `keras.tree.flatten` order, with their dict-key paths."""
+    if isinstance(structure, dict):
+        for key in sorted(structure):
+            yield from _flatten_with_names(structure[key], prefix + (key,))
+    elif isinstance(structure, (list, tuple)):
+        for item in structure:
+            yield from _flatten_with_names(item, prefix + (None,))
+    else:
+        named = [str(k) for k in prefix if k is not None]
+        yield structure, "/".join(named) if named else None
+
+
+def _keras2_names(compile_loss, y_pred):
+    """Keras 2's name for each flat output: its own, else `output_<i>`.
+
+    Repeated names get `_1`, `_2` ... as Keras 2's functional models did
+    for several outputs of one layer.
+    """
+    leaves = list(_flatten_with_names(y_pred))
+    names = [name for _, name in leaves]
+    output_names = compile_loss.output_names
+    if not any(names) and output_names and len(output_names) == len(names):
+        names = [str(n) for n in output_names]
+    names = [n or f"output_{i + 1}" for i, n in enumerate(names)]
+    unique, seen = [], {}
+    for name in names:
+        proposal = name
+        while proposal in unique:
+            seen[name] = seen.get(name, 0) + 1
+            proposal = f"{name}_{seen[name]}"
+        unique.append(proposal)
+    return [leaf for leaf, _ in leaves], unique
+
+
+def _make_metrics(compile_loss, tracked, y_pred, records):
+    from keras.src import metrics
+
+    leaves, names = _keras2_names(compile_loss, y_pred)
+    entries = _adapter.entries(compile_loss)
+    tracked.metrics = [None] * len(entries)
+    if len(leaves) < 2:
+        return
+    for position, (index, _, y_p) in enumerate(records):
+        first = next(_flatten_with_names(y_p))[0]
+        found = [i for i, leaf in enumerate(leaves) if leaf is first]
+        output = found[0] if found else position
+        tracked.metrics[index] = metrics.Mean(name=f"{names[output]}_loss")
+    if _adapter.name == "flat-lists+metrics":
+        _warn_restored(entries, tracked)
+
+
+def _warn_restored(entries, tracked):
+    # Keras 3.5-3.6 zips the losses against metrics made only for non-None
+    # losses, so every loss past that count is left out of the total.
+    kept = max(1, sum(1 for fn in entries if fn)) if len(entries) > 1 else 1
+    restored = [
+        tracked.metrics[i].name[: -len("_loss")]
+        for i in range(kept, len(entries))
+        if entries[i] and tracked.metrics[i] is not None
+    ]
+    if restored:
+        warn_once(
+            "kerasfix restored the loss of output(s) "
+            f"{', '.join(restored)} to the total loss: this Keras release "
+            "leaves it out when an earlier output has loss None."
+        )
+
+
+def _update_metrics(compile_loss, tracked, records):
+    from keras.src import ops
+
+    if not records:
+        return
+    first = next(_flatten_with_names(records[0][2]))[0]
+    batch_size = ops.cast(ops.shape(first)[0], "float32")
+    for index, value, _ in records:
+        metric = tracked.metrics[index]
+        if metric is None:
+            continue
+        value = ops.cast(value, "float32")
+        weight = _adapter.entry_weight(compile_loss, index)
+        if _mode == "weighted" and weight is not None:
+            value = ops.multiply(value, weight)
+        metric.update_state(value, sample_weight=batch_size)
+
+
+def _call(wrapped, instance, args, kwargs):
+    tracked = _tracked.get(instance)
+    if tracked is None:
+        if instance.built:
+            warn_once(
+                "kerasfix was enabled after this model's loss was built; "
+                "it keeps Keras's own per-output loss metrics until it is "
+                "compiled again."
+            )
+            return wrapped(*args, **kwargs)
+        tracked = _tracked[instance] = _Tracked()
+    y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
+    tracked.records = []
+    try:
+        total = wrapped(*args, **kwargs)
+    finally:
+        records, tracked.records = tracked.records, None
+    if tracked.metrics is None:
+        _make_metrics(instance, tracked, y_pred, records)
+    _update_metrics(instance, tracked, records)
+    return total
+
+
+def _build(wrapped, instance, args, kwargs):
+    result = wrapped(*args, **kwargs)
+    tracked = _tracked.setdefault(instance, _Tracked())
+    _install_recorders(instance, tracked)
+    return result
+
+
+def _metrics_of(compile_loss):
+    tracked = _tracked.get(compile_loss)
+    if tracked is None or tracked.metrics is None:
+        return None
+    return [m for m in tracked.metrics if m is not None]
+
+
+def _compile_loss_metrics(fget, instance):
+    tracked = _tracked.get(instance)
+    if tracked is None:
+        return fget(instance)
+    if tracked.records is not None:
+        return [None] * len(_adapter.entries(instance))
+    return _metrics_of(instance) or []
+
+
+def _trainer_metrics(fget, instance):
+    metrics = fget(instance)
+    compile_loss = getattr(instance, "_compile_loss", None)
+    ours = _metrics_of(compile_loss) if compile_loss is not None else None
+    if not ours:
+        return metrics
+    return metrics[:1] + ours + metrics[1:]
+
+
+def _symbolic_build(wrapped, instance, args, kwargs):
+    # Keras 3.0-3.4 builds CompileLoss inside the first traced step, too late
+    # for JAX to carry new metric variables; build it symbolically first.
+    result = wrapped(*args, **kwargs)
+    compile_loss = getattr(instance, "_compile_loss", None)
+    if compile_loss is None or compile_loss.built:
+        return result
+    from keras.src import backend, tree
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    def bind(iterator=None, data_batch=None):
+        return iterator, data_batch
+
+    iterator, data_batch = bind(*args, **kwargs)
+    if data_batch is None:
+        for _, data in iterator.enumerate_epoch():
+            data_batch = data[0]
+            break
+    data_batch = tree.map_structure(
+        lambda v: None
+        if v is None
+        else backend.KerasTensor(v.shape, backend.standardize_dtype(v.dtype)),
+        data_batch,
+    )
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(
+        data_batch
+    )
+    y_pred = backend.compute_output_spec(instance, x)
+    backend.compute_output_spec(compile_loss, y, y_pred, sample_weight)
+    return result
+
+
+def _wrap_method(owner, name, wrapper):
+    original = vars(owner)[name]
+    wrapt.wrap_function_wrapper(owner, name, wrapper)
+    _patches.append((owner, name, original, vars(owner)[name]))
+
+
+def _wrap_property(owner, name, wrapper):
+    original = vars(owner)[name]
+
+    @functools.wraps(original.fget)
+    def fget(self):
+        return wrapper(original.fget, self)
+
+    replacement = property(fget, doc=original.__doc__)
+    setattr(owner, name, replacement)
+    _patches.append((owner, name, original, replacement))
+
+
+def apply(trainer):
+    """Patches Keras once its trainer module (and so CompileLoss) is loaded."""
+    global _adapter, _declined
+    with _lock:
+        if _mode is None or _patches:
+            return
+        import importlib
+
+        from keras.src import backend
+
+        compile_utils = importlib.import_module(_adapters.COMPILE_UTILS)
+        adapter, missing = _adapters.detect(
+            compile_utils, trainer, backend.backend()
+        )
+        if adapter is None:
+            _declined = missing
+            message = (
+                f"kerasfix did not patch Keras {_keras_version()}: "
+                f"{missing}. Per-output loss metrics are Keras's own."
+            )
+            if _strict:
+                raise KerasfixError(
+                    message + " Unset KERASFIX_STRICT to run anyway."
+                )
+            warn_once(message)
+            return
+        _adapter, _declined = adapter, None
+        cls = compile_utils.CompileLoss
+        _wrap_method(cls, "__call__", _call)
+        _wrap_method(cls, "build", _build)
+        if adapter.lists_loss_metrics:
+            _wrap_property(cls, "metrics", _compile_loss_metrics)
+        else:
+            _wrap_property(trainer.Trainer, "metrics", _trainer_metrics)
+            _wrap_method(trainer.Trainer, "_symbolic_build", _symbolic_build)
+
+
+def undo():
+    """Restores every patched attribute that still holds kerasfix's wrapper."""
+    global _adapter
+    with _lock:
+        for compile_loss in list(_tracked):
+            _remove_recorders(compile_loss)
+        _tracked.clear()
+        while _patches:
+            owner, name, original, replacement = _patches.pop()
+            if vars(owner).get(name) is replacement:
+                setattr(owner, name, original)
+        _adapter = None
+
+
+def _keras_version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("keras")
+    except metadata.PackageNotFoundError:
+        return None
