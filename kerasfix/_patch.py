@@ -205,7 +205,7 @@ def _build(wrapped, instance, args, kwargs):
 def _metrics_of(compile_loss):
     tracked = _tracked.get(compile_loss)
     if tracked is None or tracked.metrics is None:
-        return None
+        return []
     return [m for m in tracked.metrics if m is not None]
 
 
@@ -215,7 +215,7 @@ def _compile_loss_metrics(fget, instance):
         return fget(instance)
     if tracked.records is not None:
         return [None] * len(_adapter.entries(instance))
-    return _metrics_of(instance) or []
+    return _metrics_of(instance)
 
 
 def _trainer_metrics(fget, instance):
@@ -224,6 +224,7 @@ def _trainer_metrics(fget, instance):
     ours = _metrics_of(compile_loss) if compile_loss is not None else None
     if not ours:
         return metrics
+    # After the `loss` tracker, where Keras 3.5+ lists CompileLoss metrics.
     return metrics[:1] + ours + metrics[1:]
 
 
@@ -277,6 +278,12 @@ def _wrap_property(owner, name, wrapper):
     _patches.append((owner, name, original, replacement))
 
 
+def _add_property(owner, name, fget):
+    replacement = property(fget, doc="Per-output loss metrics (kerasfix).")
+    setattr(owner, name, replacement)
+    _patches.append((owner, name, None, replacement))
+
+
 def apply(trainer):
     """Patches Keras once its trainer module (and so CompileLoss) is loaded."""
     global _adapter, _declined
@@ -310,6 +317,7 @@ def apply(trainer):
         if adapter.lists_loss_metrics:
             _wrap_property(cls, "metrics", _compile_loss_metrics)
         else:
+            _add_property(cls, "metrics", _metrics_of)
             _wrap_property(trainer.Trainer, "metrics", _trainer_metrics)
             _wrap_method(trainer.Trainer, "_symbolic_build", _symbolic_build)
 
@@ -323,7 +331,11 @@ def undo():
         _tracked.clear()
         while _patches:
             owner, name, original, replacement = _patches.pop()
-            if vars(owner).get(name) is replacement:
+            if vars(owner).get(name) is not replacement:
+                continue
+            if original is None:
+                delattr(owner, name)
+            else:
                 setattr(owner, name, original)
         _adapter = None
 

@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+# Tests choose kerasfix's state themselves; a KERASFIX in the caller's
+# environment must not decide it for them.
+os.environ.pop("KERASFIX", None)
+os.environ.pop("KERASFIX_STRICT", None)
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _kerasfix_off():
+    """Every test starts and ends with Keras unpatched."""
+    import kerasfix
+
+    kerasfix.disable()
+    yield
+    kerasfix.disable()
+
+
+@pytest.fixture
+def patched():
+    import kerasfix
+
+    kerasfix.enable()
+    if kerasfix.status()["effective"] != "patched":
+        pytest.skip(f"kerasfix does not patch here: {kerasfix.status()}")
+    return kerasfix

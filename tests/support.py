@@ -1,0 +1,98 @@
+"""Small real models and independent loss recomputation for the tests."""
+
+import numpy as np
+
+keras = None
+
+
+def _keras():
+    global keras
+    if keras is None:
+        import keras as _k
+
+        keras = _k
+    return keras
+
+
+def backend():
+    return _keras().config.backend()
+
+
+def keras_version():
+    return tuple(int(p) for p in _keras().__version__.split(".")[:2])
+
+
+def data(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    ya = (rng.normal(size=(n, 1)) * 3).astype("float32")
+    yb = (rng.random((n, 1)) > 0.5).astype("float32")
+    yc = rng.normal(size=(n, 2)).astype("float32")
+    return x, ya, yb, yc
+
+
+def two_outputs(names=("a", "b")):
+    k = _keras()
+    k.utils.set_random_seed(1)
+    inp = k.Input((4,))
+    h = k.layers.Dense(8, activation="relu")(inp)
+    a = k.layers.Dense(1, name=names[0])(h)
+    b = k.layers.Dense(1, activation="sigmoid", name=names[1])(h)
+    return k.Model(inp, [a, b])
+
+
+def three_outputs():
+    k = _keras()
+    k.utils.set_random_seed(2)
+    inp = k.Input((4,))
+    h = k.layers.Dense(8, activation="relu")(inp)
+    a = k.layers.Dense(1, name="a")(h)
+    b = k.layers.Dense(1, activation="sigmoid", name="b")(h)
+    c = k.layers.Dense(2, name="c")(h)
+    return k.Model(inp, [a, b, c])
+
+
+def frozen_sgd():
+    """SGD with learning rate 0: fit's metrics are then those of one model."""
+    return _keras().optimizers.SGD(learning_rate=0.0)
+
+
+LOSS_CLASSES = {
+    "mse": "MeanSquaredError",
+    "mae": "MeanAbsoluteError",
+    "binary_crossentropy": "BinaryCrossentropy",
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+    "huber": "Huber",
+    "log_cosh": "LogCosh",
+}
+
+
+def raw_loss(loss, y_true, y_pred, sample_weight=None):
+    """One output's loss over the whole dataset, as Keras computes it."""
+    k = _keras()
+    if isinstance(loss, str):
+        loss = getattr(k.losses, LOSS_CLASSES[loss])()
+    if isinstance(loss, k.losses.Loss):
+        value = loss(y_true, y_pred, sample_weight=sample_weight)
+        return float(k.ops.convert_to_numpy(value))
+    values = np.asarray(k.ops.convert_to_numpy(loss(y_true, y_pred)))
+    if values.ndim == 0:
+        return float(values)
+    if sample_weight is not None:
+        values = values * np.reshape(sample_weight, values.shape[:1] + (1,) * (values.ndim - 1))
+    return float(np.sum(values, dtype="float64") / values.size)
+
+
+def raw_losses(model, x, ys, losses, sample_weight=None):
+    """{output: raw loss} recomputed from `predict`, independent of Keras's
+    metrics; `losses` and `ys` are dicts keyed like the expected metrics."""
+    preds = model.predict(x, verbose=0, batch_size=len(x))
+    if not isinstance(preds, dict):
+        preds = dict(zip(losses, preds if isinstance(preds, list) else [preds]))
+    out = {}
+    for name, loss in losses.items():
+        if loss is None:
+            continue
+        sw = sample_weight.get(name) if isinstance(sample_weight, dict) else sample_weight
+        out[name] = raw_loss(loss, ys[name], preds[name], sw)
+    return out
