@@ -99,15 +99,16 @@ def _flatten_with_names(structure, prefix=()):
 
 
 def _keras2_names(compile_loss, y_pred):
-    """Keras 2's name for each flat output: its own, else `output_<i>`.
+    """Keras 2's name for each flat output, as its per-output metrics had.
 
-    Repeated names get `_1`, `_2` ... as Keras 2's functional models did
-    for several outputs of one layer.
+    A functional model's output layer names; else dict keys; else
+    `output_<i>`. Repeated names get `_1`, `_2` ... as Keras 2's functional
+    models did for several outputs of one layer.
     """
     leaves = list(_flatten_with_names(y_pred))
     names = [name for _, name in leaves]
     output_names = compile_loss.output_names
-    if not any(names) and output_names and len(output_names) == len(names):
+    if output_names and len(output_names) == len(names):
         names = [str(n) for n in output_names]
     names = [n or f"output_{i + 1}" for i, n in enumerate(names)]
     unique, seen = [], {}
