@@ -173,17 +173,21 @@ def _update_metrics(compile_loss, tracked, records):
         metric.update_state(value, sample_weight=batch_size)
 
 
+def _built_before_enable(compile_loss):
+    """True (and says so once) for a loss built while kerasfix was off."""
+    if compile_loss in _tracked or not compile_loss.built:
+        return False
+    warn_once(
+        "kerasfix was enabled after this model's loss was built; the model "
+        "keeps Keras's own per-output loss metrics until it is compiled again."
+    )
+    return True
+
+
 def _call(wrapped, instance, args, kwargs):
-    tracked = _tracked.get(instance)
-    if tracked is None:
-        if instance.built:
-            warn_once(
-                "kerasfix was enabled after this model's loss was built; "
-                "it keeps Keras's own per-output loss metrics until it is "
-                "compiled again."
-            )
-            return wrapped(*args, **kwargs)
-        tracked = _tracked[instance] = _Tracked()
+    if _built_before_enable(instance):
+        return wrapped(*args, **kwargs)
+    tracked = _tracked.setdefault(instance, _Tracked())
     y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
     tracked.records = []
     try:
@@ -204,6 +208,7 @@ def _build(wrapped, instance, args, kwargs):
 
 
 def _metrics_of(compile_loss):
+    _built_before_enable(compile_loss)
     tracked = _tracked.get(compile_loss)
     if tracked is None or tracked.metrics is None:
         return []
@@ -213,6 +218,7 @@ def _metrics_of(compile_loss):
 def _compile_loss_metrics(fget, instance):
     tracked = _tracked.get(instance)
     if tracked is None:
+        _built_before_enable(instance)
         return fget(instance)
     if tracked.records is not None:
         return [None] * len(_adapter.entries(instance))
