@@ -1,0 +1,5 @@
+import sys
+
+from kerasfix._cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""`python -m kerasfix`: status, check (exit 0/1/2) and demo."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from support import keras_version  # noqa: E402
+
+
+def cli(*args, **env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "kerasfix", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def effective():
+    done = cli("status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["effective"]
+
+
+def test_status_prints_a_table_and_json():
+    table = cli()
+    assert table.returncode == 0
+    assert "keras" in table.stdout and keras.__version__ in table.stdout
+    info = json.loads(cli("status", "--json").stdout)
+    assert set(info) == {
+        "kerasfix", "keras", "backend", "internals", "requested_mode", "effective"
+    }
+    assert info["requested_mode"] == "unweighted"
+    off = json.loads(cli("status", "--json", KERASFIX="0").stdout)
+    assert off["requested_mode"] is None
+
+
+def test_check_exits_0_when_measured_semantics_are_the_requested_ones():
+    if effective() != "patched":
+        pytest.skip("kerasfix declines this Keras")
+    for mode in ("unweighted", "weighted"):
+        done = cli("check", KERASFIX=mode)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"measured: {mode}; expected: {mode}" in done.stdout
+
+
+def test_check_exits_1_when_they_differ():
+    if effective() != "patched":
+        pytest.skip("kerasfix declines this Keras")
+    done = cli("check", "--expect", "weighted", KERASFIX="1")
+    assert done.returncode == 1
+    assert "measured: unweighted; expected: weighted" in done.stdout
+
+
+@pytest.mark.skipif(keras_version() >= (3, 7), reason="upstream reports raw")
+def test_check_exits_1_for_unweighted_request_with_kerasfix_off():
+    done = cli("check", "--expect", "unweighted", KERASFIX="0")
+    assert done.returncode == 1
+    measured = "missing" if keras_version() < (3, 5) else "weighted"
+    assert f"measured: {measured}; expected: unweighted" in done.stdout
+
+
+def test_check_exits_2_where_kerasfix_declines():
+    if effective() != "unsupported":
+        pytest.skip("kerasfix patches this Keras")
+    done = cli("check", KERASFIX="1")
+    assert done.returncode == 2
+    assert "declined" in done.stdout
+
+
+def test_demo_prints_off_and_on_beside_raw_values():
+    done = cli("demo")
+    assert done.returncode == 0, done.stderr
+    assert "raw loss" in done.stdout and "kerasfix off" in done.stdout
+    assert "a_loss" in done.stdout and "b_loss" in done.stdout

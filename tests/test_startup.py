@@ -1,0 +1,148 @@
+"""Zero-code activation: the `.pth` start-up hook, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json, sys
+import keras
+import numpy as np
+keras.utils.set_random_seed(0)
+x = np.random.default_rng(0).normal(size=(20, 4)).astype("float32")
+y = [x[:, :1] * 3, (x[:, 1:2] > 0).astype("float32")]
+inp = keras.Input((4,))
+model = keras.Model(inp, [keras.layers.Dense(1, name="a")(inp),
+                          keras.layers.Dense(1, activation="sigmoid", name="b")(inp)])
+model.compile("sgd", loss=["mse", "binary_crossentropy"], loss_weights=[0.5, 3.0])
+logs = model.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+a, b = model.predict(x, batch_size=20, verbose=0)
+raw = float(keras.ops.convert_to_numpy(keras.losses.MeanSquaredError()(y[0], a)))
+print(json.dumps({"a_loss": logs.get("a_loss"), "raw_a": raw,
+                  "kerasfix_imported": "kerasfix" in sys.modules}))
+"""
+
+
+def run(code, env_extra, python=sys.executable):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
+    env.update(env_extra)
+    return subprocess.run(
+        [python, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def pth_installed():
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    return (purelib / "kerasfix.pth").exists()
+
+
+needs_pth = pytest.mark.skipif(
+    not pth_installed(), reason="kerasfix is not pip-installed here"
+)
+
+
+@needs_pth
+def test_script_that_never_imports_kerasfix_reports_raw_losses():
+    pytest.importorskip("keras")
+    done = run(SCRIPT, {"KERASFIX": "1"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["kerasfix_imported"]
+    assert result["a_loss"] == pytest.approx(result["raw_a"], rel=1e-5)
+
+
+@needs_pth
+def test_unset_variable_leaves_keras_alone():
+    pytest.importorskip("keras")
+    done = run(SCRIPT, {})
+    assert done.returncode == 0, done.stderr
+    assert not json.loads(done.stdout.splitlines()[-1])["kerasfix_imported"]
+
+
+@needs_pth
+def test_bad_value_prints_one_line_and_the_script_still_runs():
+    done = run("print('ran')", {"KERASFIX": "bogus"})
+    assert done.returncode == 0
+    assert done.stdout.strip() == "ran"
+    lines = [l for l in done.stderr.splitlines() if l.startswith("kerasfix:")]
+    assert len(lines) == 1
+    assert "KERASFIX='bogus'" in lines[0] and "unweighted" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A new virtualenv with kerasfix installed from a built wheel."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+         str(root / "dist"), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    venv = root / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    wheel = next((root / "dist").glob("kerasfix-*.whl"))
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)],
+        check=True, capture_output=True,
+    )
+    return python
+
+
+def site_packages(python):
+    out = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    )
+    return Path(out.stdout.strip())
+
+
+def test_wheel_install_puts_the_hook_in_place_and_uninstall_removes_it(fresh_venv):
+    pth = site_packages(fresh_venv) / "kerasfix.pth"
+    assert pth.exists()
+    on = run("import sys; print('kerasfix' in sys.modules)", {"KERASFIX": "on"}, fresh_venv)
+    off = run("import sys; print('kerasfix' in sys.modules)", {}, fresh_venv)
+    assert (on.stdout.strip(), off.stdout.strip()) == ("True", "False")
+    subprocess.run(
+        [str(fresh_venv), "-m", "pip", "uninstall", "-y", "-q", "kerasfix"],
+        check=True, capture_output=True,
+    )
+    assert not pth.exists()
+    after = run("print('ok')", {"KERASFIX": "1"}, fresh_venv)
+    assert after.stdout.strip() == "ok" and after.stderr == ""
+
+
+def test_editable_install_gets_the_hook_too(tmp_path):
+    venv = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)],
+        check=True, capture_output=True,
+    )
+    assert (site_packages(python) / "kerasfix.pth").exists()
+    on = run("import sys; print('kerasfix' in sys.modules)", {"KERASFIX": "1"}, python)
+    assert on.stdout.strip() == "True", on.stderr
+
+
+def test_keras_2_is_left_native(fresh_venv):
+    """With Keras 2 installed, kerasfix changes nothing and says so."""
+    subprocess.run(
+        [str(fresh_venv), "-m", "pip", "install", "-q", "--no-deps",
+         "keras==2.15.0", str(next(fresh_venv.parents[2].glob("dist/*.whl")))],
+        check=True, capture_output=True,
+    )
+    done = run(
+        "import json, kerasfix; print(json.dumps(kerasfix.status()))",
+        {"KERASFIX": "1"},
+        fresh_venv,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["effective"] == "native"
