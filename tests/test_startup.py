@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +29,15 @@ raw = float(keras.ops.convert_to_numpy(keras.losses.MeanSquaredError()(y[0], a))
 print(json.dumps({"a_loss": logs.get("a_loss"), "raw_a": raw,
                   "kerasfix_imported": "kerasfix" in sys.modules}))
 """
+
+
+def source_copy(where):
+    """A copy of the project, so builds leave the checkout untouched."""
+    return shutil.copytree(
+        ROOT,
+        where / "src",
+        ignore=shutil.ignore_patterns(".git", ".hypothesis", "build", "*.egg-info", ".ci"),
+    )
 
 
 def run(code, env_extra, python=sys.executable):
@@ -82,7 +92,7 @@ def fresh_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("venv")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-         str(root / "dist"), str(ROOT)],
+         str(root / "dist"), str(source_copy(root))],
         check=True, capture_output=True,
     )
     venv = root / "env"
@@ -124,7 +134,7 @@ def test_editable_install_gets_the_hook_too(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)],
+        [str(python), "-m", "pip", "install", "-q", "-e", str(source_copy(tmp_path))],
         check=True, capture_output=True,
     )
     assert (site_packages(python) / "kerasfix.pth").exists()

@@ -1,0 +1,221 @@
+"""The test matrix: one virtualenv per Keras release line, every backend.
+
+    python .ci/matrix.py                 # every environment in .ci/envs
+    python .ci/matrix.py --subset ci     # what .ci/run runs
+    python .ci/matrix.py --envs 3.15 3.6 --backends jax
+    python .ci/matrix.py --table         # README table from the last run
+
+Virtualenvs live outside the clone, in $KERASFIX_VENVS (default
+~/.cache/kerasfix/venvs), named by the hash of their requirements file, and
+are reused until that file changes. Results go to .ci/matrix-results.json.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENVS = ROOT / ".ci" / "envs"
+RESULTS = ROOT / ".ci" / "matrix-results.json"
+REPORTS = ROOT / ".ci" / "reports"
+VENVS = Path(
+    os.environ.get("KERASFIX_VENVS", Path.home() / ".cache" / "kerasfix" / "venvs")
+)
+TOOLS = ["pytest", "hypothesis", "wrapt"]
+CI_SUBSET = [
+    ("3.15", "tensorflow"),
+    ("3.15", "jax"),
+    ("3.15", "torch"),
+    ("3.6", "tensorflow"),
+    ("3.6", "jax"),
+    ("3.4", "tensorflow"),
+    ("3.4", "jax"),
+    ("3.0", "tensorflow"),
+]
+
+
+def environments():
+    """{"3.15": (requirements file, [backends])}, newest first."""
+    found = {}
+    for path in ENVS.glob("keras-*.txt"):
+        header = path.read_text().splitlines()[0]
+        backends = header.removeprefix("# backends:").split()
+        found[path.stem.removeprefix("keras-")] = (path, backends)
+    return dict(
+        sorted(found.items(), key=lambda kv: tuple(map(int, kv[0].split("."))), reverse=True)
+    )
+
+
+def venv_for(requirements):
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    return VENVS / f"{requirements.stem}-{digest}"
+
+
+def log(message):
+    print(f"[matrix {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def pip(python, *args):
+    done = subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"pip {' '.join(args)} failed in {python}")
+
+
+def ensure(name, requirements):
+    """The env's python, building the virtualenv if it is not there yet."""
+    venv = venv_for(requirements)
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        log(f"building {venv} (a few minutes)")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip(python, "install", "-q", "-r", str(requirements), *TOOLS)
+        (venv / ".complete").touch()
+    pip(python, "install", "-q", "--no-deps", "--force-reinstall", "-e", str(ROOT))
+    return python
+
+
+def counts(junit):
+    """(passed, failed, skipped, {test file: passed}) from a JUnit report."""
+    tree = ET.parse(junit)
+    passed = failed = skipped = 0
+    by_file = {}
+    for case in tree.iter("testcase"):
+        outcome = {child.tag for child in case}
+        if outcome & {"failure", "error"}:
+            failed += 1
+        elif "skipped" in outcome:
+            skipped += 1
+        else:
+            passed += 1
+            module = case.get("classname", "").split(".")[-1]
+            by_file[module] = by_file.get(module, 0) + 1
+    return passed, failed, skipped, by_file
+
+
+def run(name, backend, python):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERASFIX", None)
+    status = subprocess.run(
+        [str(python), "-m", "kerasfix", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    info = json.loads(status.stdout) if status.returncode == 0 else {}
+    REPORTS.mkdir(exist_ok=True)
+    junit = REPORTS / f"keras-{name}-{backend}.xml"
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:randomly", f"--junitxml={junit}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    seconds = round(time.monotonic() - started)
+    (REPORTS / f"keras-{name}-{backend}.log").write_text(done.stdout + done.stderr)
+    passed, failed, skipped, by_file = counts(junit) if junit.exists() else (0, 1, 0, {})
+    result = {
+        "keras": info.get("keras"),
+        "backend": backend,
+        "effective": info.get("effective", "error"),
+        "internals": info.get("internals"),
+        "passed": passed,
+        "failed": failed + (done.returncode not in (0, 5) and failed == 0),
+        "skipped": skipped,
+        "oracle": by_file.get("test_oracle_tf_keras", 0) + by_file.get("test_naming", 0),
+        "seconds": seconds,
+        "date": datetime.date.today().isoformat(),
+    }
+    log(
+        f"keras {name} x {backend}: {result['effective']}, {passed} passed, "
+        f"{result['failed']} failed, {skipped} skipped, {seconds}s"
+    )
+    return f"{name}/{backend}", result
+
+
+def table(results):
+    rows = [
+        "| Keras | backend | kerasfix | tests passed / failed / skipped | tf-keras oracle tests passed |",
+        "|---|---|---|---|---|",
+    ]
+    order = sorted(
+        results.items(),
+        key=lambda kv: (tuple(map(int, kv[0].split("/")[0].split("."))), kv[1]["backend"]),
+        reverse=True,
+    )
+    for _, r in order:
+        rows.append(
+            f"| {r['keras']} | {r['backend']} | {r['effective']} | "
+            f"{r['passed']} / {r['failed']} / {r['skipped']} | {r['oracle'] or '-'} |"
+        )
+    return "\n".join(rows)
+
+
+def write_table():
+    results = json.loads(RESULTS.read_text())
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = re.sub(
+        r"(<!-- matrix:start -->\n).*?(\n<!-- matrix:end -->)",
+        lambda m: m.group(1) + table(results) + m.group(2),
+        text,
+        flags=re.S,
+    )
+    readme.write_text(new)
+    log(f"README table written from {len(results)} results")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="*", help="release lines, e.g. 3.15 3.6")
+    parser.add_argument("--backends", nargs="*", help="tensorflow, jax, torch")
+    parser.add_argument("--subset", choices=["ci"], help="the CI subset")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--table", action="store_true", help="only rewrite README")
+    args = parser.parse_args(argv)
+    if args.table:
+        write_table()
+        return 0
+    envs = environments()
+    if args.subset == "ci":
+        plan = CI_SUBSET
+    else:
+        plan = [
+            (name, backend)
+            for name, (_, backends) in envs.items()
+            if not args.envs or name in args.envs
+            for backend in backends
+            if not args.backends or backend in args.backends
+        ]
+    pythons = {}
+    for name in dict.fromkeys(name for name, _ in plan):
+        pythons[name] = ensure(name, envs[name][0])
+    log("running: " + ", ".join(f"{n} x {b}" for n, b in plan))
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        results = dict(pool.map(lambda nb: run(*nb, pythons[nb[0]]), plan))
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    previous.update(results)
+    RESULTS.write_text(json.dumps(previous, indent=1, sort_keys=True) + "\n")
+    failed = [k for k, r in results.items() if r["failed"]]
+    log(f"{len(results)} runs, {len(failed)} with failures {failed or ''}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
