@@ -8,7 +8,7 @@ unset); `KERASFIX=0` keeps it off. The patch lands when Keras's
 import os
 import sys
 
-from kerasfix import _config, _patch
+from kerasfix import _adapters, _config, _patch
 from kerasfix._config import ENV_VAR, MODES, STRICT_ENV_VAR
 from kerasfix._patch import KerasfixError, KerasfixWarning
 
@@ -49,10 +49,10 @@ def enable(mode="unweighted"):
             # The trainer module, not compile_utils: it imports CompileLoss
             # and is half-built while compile_utils' own hook would run.
             wrapt.register_post_import_hook(
-                _patch.apply, _patch._adapters.TRAINER
+                _patch.apply, _adapters.TRAINER
             )
-        elif _patch._adapters.TRAINER in sys.modules:
-            _patch.apply(sys.modules[_patch._adapters.TRAINER])
+        elif _adapters.TRAINER in sys.modules:
+            _patch.apply(sys.modules[_adapters.TRAINER])
 
 
 def disable():
@@ -70,7 +70,7 @@ def status():
     (kerasfix off), "native" (Keras 2 itself), "unsupported" (kerasfix
     declined this Keras) or "no keras". Imports Keras to find out.
     """
-    keras_version = _patch._keras_version()
+    keras_version = _patch.keras_version()
     info = {
         "kerasfix": __version__,
         "keras": keras_version,
@@ -86,7 +86,7 @@ def status():
         return info
     import importlib
 
-    importlib.import_module(_patch._adapters.TRAINER)
+    importlib.import_module(_adapters.TRAINER)
     from keras.src import backend
 
     info["backend"] = backend.backend()

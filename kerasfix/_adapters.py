@@ -1,4 +1,4 @@
-"""The Keras 3 internals kerasfix touches, one adapter per known layout.
+"""The Keras 3 internals kerasfix touches: one adapter per known layout.
 
 Support is decided by what is found on the classes, not by version strings,
 so patch releases and nightlies of a known layout work unchanged.
@@ -12,11 +12,12 @@ TRAINER = "keras.src.trainers.trainer"
 
 @dataclasses.dataclass(frozen=True)
 class Adapter:
-    """How one family of Keras releases stores its compiled losses.
+    """How one family of Keras releases keeps its compiled losses.
 
-    `losses_attr` names the list `CompileLoss.call` iterates; `entry_fn`
-    and `with_fn` read and replace the loss function of one entry.
-    `lists_loss_metrics` is True where `Trainer.metrics` already includes
+    `losses_attr` names the list `CompileLoss.call` iterates; its entries
+    are plain loss functions (`flat_losses`, with `flat_loss_weights` beside
+    it) or `(path, loss, loss_weights, name)` tuples (`_flat_losses`).
+    `lists_loss_metrics` is True where `Trainer.metrics` already lists
     `CompileLoss.metrics` and `_symbolic_build` already builds CompileLoss.
     """
 
@@ -24,67 +25,27 @@ class Adapter:
     releases: str
     losses_attr: str
     lists_loss_metrics: bool
-    entry_fn: object
-    with_fn: object
-    entry_weight: object
 
     def entries(self, compile_loss):
         return getattr(compile_loss, self.losses_attr, None) or []
 
+    def loss_fn(self, entry):
+        return entry.loss if self.losses_attr == "_flat_losses" else entry
 
-def _plain_fn(entry):
-    return entry
+    def with_loss_fn(self, entry, fn):
+        if self.losses_attr == "_flat_losses":
+            return entry._replace(loss=fn)
+        return fn
 
-
-def _plain_with_fn(entry, fn):
-    return fn
-
-
-def _tuple_fn(entry):
-    return entry.loss
-
-
-def _tuple_with_fn(entry, fn):
-    return entry._replace(loss=fn)
+    def weight(self, compile_loss, index):
+        if self.losses_attr == "_flat_losses":
+            return compile_loss._flat_losses[index].loss_weights
+        return compile_loss.flat_loss_weights[index]
 
 
-def _plain_weight(compile_loss, index):
-    return compile_loss.flat_loss_weights[index]
-
-
-def _tuple_weight(compile_loss, index):
-    return compile_loss._flat_losses[index].loss_weights
-
-
-ADAPTERS = (
-    Adapter(
-        "flat-lists",
-        "3.0-3.4",
-        "flat_losses",
-        False,
-        _plain_fn,
-        _plain_with_fn,
-        _plain_weight,
-    ),
-    Adapter(
-        "flat-lists+metrics",
-        "3.5-3.6",
-        "flat_losses",
-        True,
-        _plain_fn,
-        _plain_with_fn,
-        _plain_weight,
-    ),
-    Adapter(
-        "path-tuples",
-        "3.7+",
-        "_flat_losses",
-        True,
-        _tuple_fn,
-        _tuple_with_fn,
-        _tuple_weight,
-    ),
-)
+FLAT_LISTS = Adapter("flat-lists", "3.0-3.4", "flat_losses", False)
+FLAT_LISTS_METRICS = Adapter("flat-lists+metrics", "3.5-3.6", "flat_losses", True)
+PATH_TUPLES = Adapter("path-tuples", "3.7+", "_flat_losses", True)
 
 
 def detect(compile_utils, trainer, backend):
@@ -98,16 +59,15 @@ def detect(compile_utils, trainer, backend):
     trainer_cls = getattr(trainer, "Trainer", None)
     if not isinstance(vars(trainer_cls or object).get("metrics"), property):
         return None, "Trainer.metrics is not a property"
-    # `_flat_losses` is set in __init__ from 3.7; before, `flat_losses`
-    # appears only in build, so tell them apart on a throwaway instance.
-    probe = cls("mse")
     tracks = isinstance(vars(cls).get("metrics"), property)
-    if hasattr(probe, "_flat_losses"):
+    # `_flat_losses` is set in __init__ from 3.7 on; before, `flat_losses`
+    # appears only in build, so ask a throwaway instance.
+    if hasattr(cls("mse"), "_flat_losses"):
         if not tracks:
-            return None, "CompileLoss has _flat_losses but no metrics"
-        return ADAPTERS[2], None
+            return None, "CompileLoss has _flat_losses but no metrics property"
+        return PATH_TUPLES, None
     if tracks:
-        return ADAPTERS[1], None
+        return FLAT_LISTS_METRICS, None
     if "_symbolic_build" not in vars(trainer_cls):
         return None, "Trainer._symbolic_build not found"
     if backend == "jax" and "stateless_compute_loss" not in vars(trainer_cls):
@@ -115,4 +75,4 @@ def detect(compile_utils, trainer, backend):
             "Trainer.stateless_compute_loss not found: the JAX trainer of "
             "this release drops metric updates made while computing the loss"
         )
-    return ADAPTERS[0], None
+    return FLAT_LISTS, None

@@ -10,6 +10,7 @@ upstream records nothing and (on 3.5-3.6) drops no loss from the total.
 """
 
 import functools
+import importlib
 import threading
 import warnings
 import weakref
@@ -28,11 +29,11 @@ class KerasfixError(RuntimeError):
 
 
 _lock = threading.RLock()
-_mode = None  # "unweighted" | "weighted" | None (inactive)
+_mode = None  # "unweighted" | "weighted" | None (off)
 _strict = False
-_adapter = None
+_adapter = None  # the layout found when the patch went in
 _declined = None  # why the installed Keras was not patched
-_patches = []  # (owner, attribute, original, replacement)
+_patches = []  # (owner, attribute, original or None, replacement)
 _tracked = weakref.WeakKeyDictionary()  # CompileLoss -> _Tracked
 _warned = set()
 
@@ -44,9 +45,14 @@ def warn_once(message):
 
 
 class _Tracked:
-    """kerasfix's state for one CompileLoss built while kerasfix was on."""
+    """kerasfix's state for one CompileLoss built while kerasfix was on.
 
-    def __init__(self):
+    It keeps its own adapter, so a `disable()` from another thread never
+    leaves a step that is already running without one.
+    """
+
+    def __init__(self, adapter):
+        self.adapter = adapter
         self.metrics = None  # one Mean (or None) per loss entry, once named
         self.records = None  # a list while upstream `call` runs
 
@@ -67,22 +73,18 @@ class _Recorder(wrapt.ObjectProxy):
         return value
 
 
-def _install_recorders(compile_loss, tracked):
-    entries = getattr(compile_loss, _adapter.losses_attr)
-    for index, entry in enumerate(entries or ()):
-        fn = _adapter.entry_fn(entry)
-        if fn is not None and not isinstance(fn, _Recorder):
-            entries[index] = _adapter.with_fn(
-                entry, _Recorder(fn, tracked, index)
-            )
+def _swap_loss_fns(compile_loss, adapter, swap):
+    entries = adapter.entries(compile_loss)
+    for index, entry in enumerate(entries):
+        fn = adapter.loss_fn(entry)
+        if fn is not None:
+            entries[index] = adapter.with_loss_fn(entry, swap(index, fn))
 
 
-def _remove_recorders(compile_loss):
-    entries = getattr(compile_loss, _adapter.losses_attr, None)
-    for index, entry in enumerate(entries or ()):
-        fn = _adapter.entry_fn(entry)
-        if isinstance(fn, _Recorder):
-            entries[index] = _adapter.with_fn(entry, fn.__wrapped__)
+def _first_leaf(structure):
+    while isinstance(structure, (dict, list, tuple)):
+        structure = next(iter(structure.values() if isinstance(structure, dict) else structure))
+    return structure
 
 
 def _flatten_with_names(structure, prefix=()):
@@ -122,19 +124,24 @@ def _keras2_names(compile_loss, y_pred):
 
 
 def _make_metrics(compile_loss, tracked, y_pred, records):
+    """One Keras 2-named Mean per loss that ran, on the model's first call.
+
+    Outputs are told apart by identity: the tensor a loss received is one
+    of the leaves of `y_pred` as the model returned it.
+    """
     from keras.src import metrics
 
     leaves, names = _keras2_names(compile_loss, y_pred)
-    entries = _adapter.entries(compile_loss)
+    entries = tracked.adapter.entries(compile_loss)
     tracked.metrics = [None] * len(entries)
     if len(leaves) < 2:
         return
     for position, (index, _, y_p) in enumerate(records):
-        first = next(_flatten_with_names(y_p))[0]
+        first = _first_leaf(y_p)
         found = [i for i, leaf in enumerate(leaves) if leaf is first]
         output = found[0] if found else position
         tracked.metrics[index] = metrics.Mean(name=f"{names[output]}_loss")
-    if _adapter.name == "flat-lists+metrics":
+    if tracked.adapter is _adapters.FLAT_LISTS_METRICS:
         _warn_restored(entries, tracked)
 
 
@@ -155,20 +162,21 @@ def _warn_restored(entries, tracked):
         )
 
 
-def _update_metrics(compile_loss, tracked, records):
+def _update_metrics(compile_loss, tracked, records, mode):
     from keras.src import ops
 
     if not records:
         return
-    first = next(_flatten_with_names(records[0][2]))[0]
-    batch_size = ops.cast(ops.shape(first)[0], "float32")
+    # Keras 2 weighed every output by the first one's dynamic batch size;
+    # `ops.shape` gives a tensor inside tf.function where the size varies.
+    batch_size = ops.shape(_first_leaf(records[0][2]))[0]
     for index, value, _ in records:
         metric = tracked.metrics[index]
         if metric is None:
             continue
-        value = ops.cast(value, "float32")
-        weight = _adapter.entry_weight(compile_loss, index)
-        if _mode == "weighted" and weight is not None:
+        value = ops.cast(value, metric.dtype)
+        weight = tracked.adapter.weight(compile_loss, index)
+        if mode == "weighted" and weight is not None:
             value = ops.multiply(value, weight)
         metric.update_state(value, sample_weight=batch_size)
 
@@ -185,9 +193,10 @@ def _built_before_enable(compile_loss):
 
 
 def _call(wrapped, instance, args, kwargs):
-    if _built_before_enable(instance):
+    mode = _mode
+    if mode is None or _built_before_enable(instance):
         return wrapped(*args, **kwargs)
-    tracked = _tracked.setdefault(instance, _Tracked())
+    tracked = _tracked.setdefault(instance, _Tracked(_adapter))
     y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
     tracked.records = []
     try:
@@ -196,18 +205,24 @@ def _call(wrapped, instance, args, kwargs):
         records, tracked.records = tracked.records, None
     if tracked.metrics is None:
         _make_metrics(instance, tracked, y_pred, records)
-    _update_metrics(instance, tracked, records)
+    _update_metrics(instance, tracked, records, mode)
     return total
 
 
 def _build(wrapped, instance, args, kwargs):
     result = wrapped(*args, **kwargs)
-    tracked = _tracked.setdefault(instance, _Tracked())
-    _install_recorders(instance, tracked)
+    if _mode is not None:
+        tracked = _tracked.setdefault(instance, _Tracked(_adapter))
+        _swap_loss_fns(
+            instance,
+            tracked.adapter,
+            lambda i, fn: fn if isinstance(fn, _Recorder) else _Recorder(fn, tracked, i),
+        )
     return result
 
 
 def _metrics_of(compile_loss):
+    """kerasfix's metrics of one CompileLoss (3.0-3.4: its `metrics`)."""
     _built_before_enable(compile_loss)
     tracked = _tracked.get(compile_loss)
     if tracked is None or tracked.metrics is None:
@@ -221,18 +236,16 @@ def _compile_loss_metrics(fget, instance):
         _built_before_enable(instance)
         return fget(instance)
     if tracked.records is not None:
-        return [None] * len(_adapter.entries(instance))
+        return [None] * len(tracked.adapter.entries(instance))
     return _metrics_of(instance)
 
 
 def _trainer_metrics(fget, instance):
     metrics = fget(instance)
     compile_loss = getattr(instance, "_compile_loss", None)
-    ours = _metrics_of(compile_loss) if compile_loss is not None else None
-    if not ours:
-        return metrics
+    ours = _metrics_of(compile_loss) if compile_loss is not None else []
     # After the `loss` tracker, where Keras 3.5+ lists CompileLoss metrics.
-    return metrics[:1] + ours + metrics[1:]
+    return metrics[:1] + ours + metrics[1:] if ours else metrics
 
 
 def _symbolic_build(wrapped, instance, args, kwargs):
@@ -240,7 +253,7 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     # for JAX to carry new metric variables; build it symbolically first.
     result = wrapped(*args, **kwargs)
     compile_loss = getattr(instance, "_compile_loss", None)
-    if compile_loss is None or compile_loss.built:
+    if _mode is None or compile_loss is None or compile_loss.built:
         return result
     from keras.src import backend, tree
     from keras.src.trainers.data_adapters import data_adapter_utils
@@ -259,9 +272,7 @@ def _symbolic_build(wrapped, instance, args, kwargs):
         else backend.KerasTensor(v.shape, backend.standardize_dtype(v.dtype)),
         data_batch,
     )
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(
-        data_batch
-    )
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data_batch)
     y_pred = backend.compute_output_spec(instance, x)
     backend.compute_output_spec(compile_loss, y, y_pred, sample_weight)
     return result
@@ -297,8 +308,6 @@ def apply(trainer):
     with _lock:
         if _mode is None or _patches:
             return
-        import importlib
-
         from keras.src import backend
 
         compile_utils = importlib.import_module(_adapters.COMPILE_UTILS)
@@ -308,7 +317,7 @@ def apply(trainer):
         if adapter is None:
             _declined = missing
             message = (
-                f"kerasfix did not patch Keras {_keras_version()}: "
+                f"kerasfix did not patch Keras {keras_version()}: "
                 f"{missing}. Per-output loss metrics are Keras's own."
             )
             if _strict:
@@ -330,11 +339,16 @@ def apply(trainer):
 
 
 def undo():
-    """Restores every patched attribute that still holds kerasfix's wrapper."""
+    """Restores every patched attribute that still holds kerasfix's wrapper,
+    and the loss functions of every CompileLoss kerasfix built."""
     global _adapter
     with _lock:
-        for compile_loss in list(_tracked):
-            _remove_recorders(compile_loss)
+        for compile_loss, tracked in list(_tracked.items()):
+            _swap_loss_fns(
+                compile_loss,
+                tracked.adapter,
+                lambda i, fn: fn.__wrapped__ if isinstance(fn, _Recorder) else fn,
+            )
         _tracked.clear()
         while _patches:
             owner, name, original, replacement = _patches.pop()
@@ -347,7 +361,7 @@ def undo():
         _adapter = None
 
 
-def _keras_version():
+def keras_version():
     from importlib import metadata
 
     try:

@@ -1,0 +1,154 @@
+"""What kerasfix costs a training step, measured; prints figures and goals.
+
+    KERAS_BACKEND=jax python benchmarks/overhead.py [--rounds 15 --steps 20]
+
+In one process, three identical two-output models (a 2,000-class softmax
+head, so the loss is costly, and a 4-unit regression head) take turns
+training, `--steps` steps per turn for `--rounds` turns:
+
+- unpatched: compiled and built before kerasfix is enabled, so its steps
+  are Keras's own (on torch they still pass kerasfix's wrapper, which hands
+  them straight to Keras);
+- kerasfix: compiled with kerasfix enabled;
+- workaround: unpatched, with each output's loss recomputed as a compile
+  metric, which is what users write today to see raw per-output losses.
+
+A Python loss function counts how often each model's step is traced (for
+compiled steps Python runs only while tracing). `import kerasfix` is timed
+in fresh interpreters.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+CLASSES, FEATURES, BATCH = 2000, 64, 64
+
+
+def import_cost(runs=15):
+    code = (
+        "import sys, time; t = time.perf_counter(); import kerasfix; "
+        "print(time.perf_counter() - t); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'keras', 'tensorflow', 'jax', 'torch'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERASFIX"}
+    times, heavy = [], None
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True
+        ).stdout.split("\n")
+        times.append(float(out[0]) * 1e3)
+        heavy = out[1]
+    return statistics.median(times), heavy
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="kerasfix step overhead")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import kerasfix
+
+    kerasfix.disable()
+    import keras
+
+    backend = keras.config.backend()
+    rng = np.random.default_rng(0)
+    n = BATCH * args.steps
+    x = rng.normal(size=(n, FEATURES)).astype("float32")
+    y = {
+        "cls": rng.integers(0, CLASSES, size=(n, 1)),
+        "box": rng.normal(size=(n, 4)).astype("float32"),
+    }
+    traces = {}
+
+    def counted(name):
+        def box_loss(y_true, y_pred):
+            traces[name] = traces.get(name, 0) + 1
+            return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+        return box_loss
+
+    def model(name, workaround=False):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((FEATURES,))
+        h = keras.layers.Dense(256, activation="relu")(inp)
+        out = {
+            "cls": keras.layers.Dense(CLASSES, activation="softmax", name="cls")(h),
+            "box": keras.layers.Dense(4, name="box")(h),
+        }
+        m = keras.Model(inp, out)
+        metrics = None
+        if workaround:
+            metrics = {
+                "cls": [keras.metrics.SparseCategoricalCrossentropy(name="raw")],
+                "box": [keras.metrics.MeanSquaredError(name="raw")],
+            }
+        m.compile(
+            keras.optimizers.SGD(0.01),
+            loss={"cls": "sparse_categorical_crossentropy", "box": counted(name)},
+            loss_weights={"cls": 1.0, "box": 0.5},
+            metrics=metrics,
+        )
+        return m
+
+    def turn(m):
+        start = time.perf_counter()
+        m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        return (time.perf_counter() - start) / args.steps
+
+    models = {"unpatched": model("unpatched"), "workaround": model("workaround")}
+    for m in models.values():
+        turn(m)  # traced and built before kerasfix is on
+    kerasfix.enable()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerasfix.KerasfixWarning)
+        models["kerasfix"] = model("kerasfix")
+        turn(models["kerasfix"])
+        times = {name: [] for name in models}
+        for _ in range(args.rounds):
+            for name, m in models.items():
+                times[name].append(turn(m))
+    median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    ratio = median["kerasfix"] / median["unpatched"]
+    limit = 1.05 if backend == "torch" else 1.02
+    import_ms, heavy = import_cost()
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "keras": keras.__version__,
+        "backend": backend,
+        "median_step_ms": {k: round(v, 3) for k, v in median.items()},
+        "kerasfix/unpatched": round(ratio, 4),
+        "workaround/unpatched": round(median["workaround"] / median["unpatched"], 4),
+        "traces": traces,
+        "import_kerasfix_ms": round(import_ms, 2),
+        "heavy_modules_imported": heavy,
+    }
+    print(json.dumps(report, indent=1))
+    goals = [
+        (f"kerasfix/unpatched <= {limit}", ratio <= limit),
+        ("kerasfix faster than the workaround", median["kerasfix"] < median["workaround"]),
+        (
+            "same number of traces with and without kerasfix",
+            traces.get("kerasfix") == traces.get("unpatched"),
+        ),
+        ("import kerasfix under 20 ms", import_ms < 20),
+        ("import kerasfix imports no Keras/TF/JAX/torch", heavy == "[]"),
+    ]
+    for goal, met in goals:
+        print(f"{'met ' if met else 'MISSED'}  {goal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
