@@ -8,6 +8,7 @@ import dataclasses
 
 COMPILE_UTILS = "keras.src.trainers.compile_utils"
 TRAINER = "keras.src.trainers.trainer"
+LOSS = "keras.src.losses.loss"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,12 +20,15 @@ class Adapter:
     it) or `(path, loss, loss_weights, name)` tuples (`_flat_losses`).
     `lists_loss_metrics` is True where `Trainer.metrics` already lists
     `CompileLoss.metrics` and `_symbolic_build` already builds CompileLoss.
+    `scales_losses` is True where a `Loss` divides its value by the number
+    of `tf.distribute` replicas itself (`scale_loss_for_distribution`).
     """
 
     name: str
     releases: str
     losses_attr: str
     lists_loss_metrics: bool
+    scales_losses: bool = False
 
     def entries(self, compile_loss):
         return getattr(compile_loss, self.losses_attr, None) or []
@@ -45,10 +49,11 @@ class Adapter:
 
 FLAT_LISTS = Adapter("flat-lists", "3.0-3.4", "flat_losses", False)
 FLAT_LISTS_METRICS = Adapter("flat-lists+metrics", "3.5-3.6", "flat_losses", True)
-PATH_TUPLES = Adapter("path-tuples", "3.7+", "_flat_losses", True)
+PATH_TUPLES = Adapter("path-tuples", "3.7", "_flat_losses", True)
+PATH_TUPLES_SCALED = Adapter("path-tuples+scaling", "3.8+", "_flat_losses", True, True)
 
 
-def detect(compile_utils, trainer, backend):
+def detect(compile_utils, trainer, loss, backend):
     """Returns `(adapter, None)` or `(None, "what was not found")`."""
     cls = getattr(compile_utils, "CompileLoss", None)
     if cls is None:
@@ -65,6 +70,8 @@ def detect(compile_utils, trainer, backend):
     if hasattr(cls("mse"), "_flat_losses"):
         if not tracks:
             return None, "CompileLoss has _flat_losses but no metrics property"
+        if hasattr(loss, "scale_loss_for_distribution"):
+            return PATH_TUPLES_SCALED, None
         return PATH_TUPLES, None
     if tracks:
         return FLAT_LISTS_METRICS, None

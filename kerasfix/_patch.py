@@ -36,6 +36,7 @@ _declined = None  # why the installed Keras was not patched
 _patches = []  # (owner, attribute, original or None, replacement)
 _tracked = weakref.WeakKeyDictionary()  # CompileLoss -> _Tracked
 _warned = set()
+_scaling = threading.local()  # calls of Keras's scale_loss_for_distribution
 
 
 def warn_once(message):
@@ -66,11 +67,21 @@ class _Recorder(wrapt.ObjectProxy):
         self._self_index = index
 
     def __call__(self, y_true, y_pred, *args, **kwargs):
+        before = getattr(_scaling, "calls", 0)
         value = self.__wrapped__(y_true, y_pred, *args, **kwargs)
         records = self._self_tracked.records
         if records is not None:
-            records.append((self._self_index, value, y_pred))
+            scaled = getattr(_scaling, "calls", 0) != before
+            records.append((self._self_index, value, y_pred, scaled))
         return value
+
+
+def _count_scaling(wrapped, instance, args, kwargs):
+    # Keras 3.8+ divides a reduced loss by the number of replicas inside
+    # `Loss.__call__`, but not a loss whose `call` already returns a scalar;
+    # counting the calls tells which values to multiply back for reporting.
+    _scaling.calls = getattr(_scaling, "calls", 0) + 1
+    return wrapped(*args, **kwargs)
 
 
 def _swap_loss_fns(compile_loss, adapter, swap):
@@ -136,7 +147,7 @@ def _make_metrics(compile_loss, tracked, y_pred, records):
     tracked.metrics = [None] * len(entries)
     if len(leaves) < 2:
         return
-    for position, (index, _, y_p) in enumerate(records):
+    for position, (index, _, y_p, _) in enumerate(records):
         first = _first_leaf(y_p)
         found = [i for i, leaf in enumerate(leaves) if leaf is first]
         output = found[0] if found else position
@@ -164,17 +175,20 @@ def _warn_restored(entries, tracked):
 
 def _update_metrics(compile_loss, tracked, records, mode):
     from keras.src import ops
+    from keras.src.losses import loss as loss_module
 
     if not records:
         return
     # Keras 2 weighed every output by the first one's dynamic batch size;
     # `ops.shape` gives a tensor inside tf.function where the size varies.
     batch_size = ops.shape(_first_leaf(records[0][2]))[0]
-    for index, value, _ in records:
+    for index, value, _, scaled in records:
         metric = tracked.metrics[index]
         if metric is None:
             continue
         value = ops.cast(value, metric.dtype)
+        if scaled:
+            value = loss_module.unscale_loss_for_distribution(value)
         weight = tracked.adapter.weight(compile_loss, index)
         if mode == "weighted" and weight is not None:
             value = ops.multiply(value, weight)
@@ -311,8 +325,9 @@ def apply(trainer):
         from keras.src import backend
 
         compile_utils = importlib.import_module(_adapters.COMPILE_UTILS)
+        loss = importlib.import_module(_adapters.LOSS)
         adapter, missing = _adapters.detect(
-            compile_utils, trainer, backend.backend()
+            compile_utils, trainer, loss, backend.backend()
         )
         if adapter is None:
             _declined = missing
@@ -336,6 +351,8 @@ def apply(trainer):
             _add_property(cls, "metrics", _metrics_of)
             _wrap_property(trainer.Trainer, "metrics", _trainer_metrics)
             _wrap_method(trainer.Trainer, "_symbolic_build", _symbolic_build)
+        if adapter.scales_losses:
+            _wrap_method(loss, "scale_loss_for_distribution", _count_scaling)
 
 
 def undo():

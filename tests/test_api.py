@@ -108,9 +108,10 @@ def test_status_reports_what_is_in_force(patched):
 
 def test_unknown_internals_patch_nothing_and_warn_once():
     empty = types.ModuleType("not_keras")
-    adapter, missing = _adapters.detect(empty, trainer, "tensorflow")
+    loss = sys.modules[_adapters.LOSS]
+    adapter, missing = _adapters.detect(empty, trainer, loss, "tensorflow")
     assert adapter is None and "CompileLoss" in missing
-    adapter, missing = _adapters.detect(compile_utils, empty, "tensorflow")
+    adapter, missing = _adapters.detect(compile_utils, empty, loss, "tensorflow")
     assert adapter is None and "Trainer.metrics" in missing
 
 
