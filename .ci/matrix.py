@@ -75,7 +75,7 @@ def pip(python, *args):
         raise SystemExit(f"pip {' '.join(args)} failed in {python}")
 
 
-def ensure(name, requirements):
+def build(name, requirements):
     """The env's python, building the virtualenv if it is not there yet."""
     venv = venv_for(requirements)
     python = venv / "bin" / "python"
@@ -84,7 +84,17 @@ def ensure(name, requirements):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip(python, "install", "-q", "-r", str(requirements), *TOOLS)
         (venv / ".complete").touch()
+    return python
+
+
+def install_kerasfix(python):
+    """This checkout, editable, so its start-up hook and plugin are live."""
     pip(python, "install", "-q", "--no-deps", "--force-reinstall", "-e", str(ROOT))
+
+
+def ensure(name, requirements):
+    python = build(name, requirements)
+    install_kerasfix(python)
     return python
 
 
@@ -203,9 +213,12 @@ def main(argv=None):
             for backend in backends
             if not args.backends or backend in args.backends
         ]
-    pythons = {}
-    for name in dict.fromkeys(name for name, _ in plan):
-        pythons[name] = ensure(name, envs[name][0])
+    names = list(dict.fromkeys(name for name, _ in plan))
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        built = pool.map(lambda name: build(name, envs[name][0]), names)
+        pythons = dict(zip(names, built))
+    for name in names:
+        install_kerasfix(pythons[name])
     log("running: " + ", ".join(f"{n} x {b}" for n, b in plan))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(lambda nb: run(*nb, pythons[nb[0]]), plan))

@@ -186,7 +186,7 @@ def _update_metrics(compile_loss, tracked, records, mode):
         metric = tracked.metrics[index]
         if metric is None:
             continue
-        value = ops.cast(value, metric.dtype)
+        value = ops.cast(value, "float32")  # as Keras 2, under any policy
         if scaled:
             value = loss_module.unscale_loss_for_distribution(value)
         weight = tracked.adapter.weight(compile_loss, index)
