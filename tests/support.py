@@ -31,14 +31,15 @@ def data(n=20, seed=0):
     return x, ya, yb, yc
 
 
-def two_outputs(names=("a", "b")):
+def two_outputs(model_class=None):
+    """Outputs `a` (linear) and `b` (sigmoid); `model_class` subclasses Model."""
     k = _keras()
     k.utils.set_random_seed(1)
     inp = k.Input((4,))
     h = k.layers.Dense(8, activation="relu")(inp)
-    a = k.layers.Dense(1, name=names[0])(h)
-    b = k.layers.Dense(1, activation="sigmoid", name=names[1])(h)
-    return k.Model(inp, [a, b])
+    a = k.layers.Dense(1, name="a")(h)
+    b = k.layers.Dense(1, activation="sigmoid", name="b")(h)
+    return (model_class or k.Model)(inp, [a, b])
 
 
 def three_outputs():

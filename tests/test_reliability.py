@@ -105,11 +105,8 @@ def test_compute_loss_override_feeds_kerasfix_what_reaches_compile_loss(patched)
             y_pred = [2.0 * p for p in y_pred]
             return super().compute_loss(x, y, y_pred, sample_weight, **kwargs)
 
-    keras.utils.set_random_seed(1)
     x, ya, yb, _ = data(20)
-    inp = keras.Input((4,))
-    h = keras.layers.Dense(8, activation="relu")(inp)
-    model = Doubled(inp, [keras.layers.Dense(1, name="a")(h), keras.layers.Dense(1, name="b")(h)])
+    model = two_outputs(Doubled)
     model.compile(frozen_sgd(), loss=["mse", "mae"], loss_weights=[0.5, 3.0])
     history = model.fit(x, [ya, yb], batch_size=16, verbose=0).history
     a, b = model.predict(x, batch_size=20, verbose=0)
@@ -137,11 +134,8 @@ def test_custom_train_step_calling_compute_loss(patched):
                     metric.update_state(loss)
             return {m.name: m.result() for m in self.metrics}
 
-    keras.utils.set_random_seed(1)
     x, ya, yb, _ = data(16)
-    inp = keras.Input((4,))
-    h = keras.layers.Dense(8, activation="relu")(inp)
-    model = Custom(inp, [keras.layers.Dense(1, name="a")(h), keras.layers.Dense(1, name="b")(h)])
+    model = two_outputs(Custom)
     model.compile(frozen_sgd(), loss=["mse", "mae"], loss_weights=[0.5, 3.0])
     history = model.fit(x, [ya, yb], batch_size=16, verbose=0).history
     raw = raw_losses(model, x, {"a": ya, "b": yb}, {"a": "mse", "b": "mae"})
