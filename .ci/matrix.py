@@ -30,7 +30,7 @@ REPORTS = ROOT / ".ci" / "reports"
 VENVS = Path(
     os.environ.get("KERASFIX_VENVS", Path.home() / ".cache" / "kerasfix" / "venvs")
 )
-TOOLS = ["pytest", "hypothesis", "wrapt"]
+TOOLS = ["pytest", "pytest-xdist", "hypothesis", "wrapt"]
 CI_SUBSET = [
     ("3.15", "tensorflow"),
     ("3.15", "jax"),

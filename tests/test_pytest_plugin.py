@@ -66,3 +66,9 @@ def test_fixture_switches_one_test_and_restores(pytester, monkeypatch):
     )
     result = pytester.runpytest_subprocess("--kerasfix=unweighted", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+def test_xdist_workers_run_with_the_session_mode(run):
+    pytest.importorskip("xdist")
+    result = run("--kerasfix=weighted", "-n", "2", expected="weighted")
+    result.assert_outcomes(passed=1)

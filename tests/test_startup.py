@@ -69,6 +69,26 @@ def test_script_that_never_imports_kerasfix_reports_raw_losses():
 
 
 @needs_pth
+def test_multiprocessing_workers_get_kerasfix_too(tmp_path):
+    script = tmp_path / "workers.py"
+    script.write_text(
+        "import multiprocessing as mp, sys\n"
+        "def probe(_):\n"
+        "    return 'kerasfix' in sys.modules\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.get_context('spawn').Pool(2) as pool:\n"
+        "        print(all(pool.map(probe, range(4))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=dict(env, KERASFIX="1"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
+@needs_pth
 def test_unset_variable_leaves_keras_alone():
     pytest.importorskip("keras")
     done = run(SCRIPT, {})
