@@ -41,6 +41,10 @@ class Adapter:
             return entry._replace(loss=fn)
         return fn
 
+    def keras_name(self, entry):
+        """Keras 3's own name for a loss entry, where it keeps one."""
+        return entry.name if self.losses_attr == "_flat_losses" else None
+
     def weight(self, compile_loss, index):
         if self.losses_attr == "_flat_losses":
             return compile_loss._flat_losses[index].loss_weights

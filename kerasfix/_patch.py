@@ -123,22 +123,29 @@ def _keras2_names(compile_loss, y_pred):
     output_names = compile_loss.output_names
     if output_names and len(output_names) == len(names):
         names = [str(n) for n in output_names]
-    names = [n or f"output_{i + 1}" for i, n in enumerate(names)]
-    unique, seen = [], {}
-    for name in names:
-        proposal = name
-        while proposal in unique:
-            seen[name] = seen.get(name, 0) + 1
-            proposal = f"{name}_{seen[name]}"
-        unique.append(proposal)
+    unique = []
+    for i, name in enumerate(names):
+        unique.append(_unique(name or f"output_{i + 1}", unique))
     return [leaf for leaf, _ in leaves], unique
+
+
+def _unique(name, taken):
+    """`name`, or Keras 2's `name_1`, `name_2` ... if it is taken."""
+    proposal, count = name, 0
+    while proposal in taken:
+        count += 1
+        proposal = f"{name}_{count}"
+    return proposal
 
 
 def _make_metrics(compile_loss, tracked, y_pred, records):
     """One Keras 2-named Mean per loss that ran, on the model's first call.
 
     Outputs are told apart by identity: the tensor a loss received is one
-    of the leaves of `y_pred` as the model returned it.
+    of the leaves of `y_pred` as the model returned it (the first one not
+    taken yet, as one tensor may be returned as several outputs). A loss
+    over several outputs at once (structured losses, which Keras 2 did not
+    have) keeps the name Keras 3 gives it.
     """
     from keras.src import metrics
 
@@ -147,11 +154,22 @@ def _make_metrics(compile_loss, tracked, y_pred, records):
     tracked.metrics = [None] * len(entries)
     if len(leaves) < 2:
         return
-    for position, (index, _, y_p, _) in enumerate(records):
-        first = _first_leaf(y_p)
-        found = [i for i, leaf in enumerate(leaves) if leaf is first]
-        output = found[0] if found else position
-        tracked.metrics[index] = metrics.Mean(name=f"{names[output]}_loss")
+    taken, used_names = set(), []
+    for index, _, y_p, _ in records:
+        mine = [leaf for leaf, _ in _flatten_with_names(y_p)]
+        same = [i for i, leaf in enumerate(leaves) if any(leaf is m for m in mine)]
+        if len(mine) > 1:
+            keras_name = tracked.adapter.keras_name(entries[index])
+            name = keras_name or "_".join(names[i] for i in same)
+        elif same:
+            pick = next((i for i in same if i not in taken), same[0])
+            taken.add(pick)
+            name = names[pick]
+        else:
+            name = f"output_{index + 1}"
+        name = _unique(name, used_names)
+        used_names.append(name)
+        tracked.metrics[index] = metrics.Mean(name=f"{name}_loss")
     if tracked.adapter is _adapters.FLAT_LISTS_METRICS:
         _warn_restored(entries, tracked)
 
