@@ -64,8 +64,11 @@ def test_check_exits_1_when_they_differ():
 def test_check_exits_1_for_unweighted_request_with_kerasfix_off():
     done = cli("check", "--expect", "unweighted", KERASFIX="0")
     assert done.returncode == 1
-    measured = "missing" if keras_version() < (3, 5) else "weighted"
-    assert f"measured: {measured}; expected: unweighted" in done.stdout
+    # 3.0-3.4: missing; 3.5-3.6: weighted (on TensorFlow with the short last
+    # batch mis-weighted too, so neither raw nor raw x weight).
+    measured = done.stdout.split("measured: ")[1].split(";")[0]
+    want = {"missing"} if keras_version() < (3, 5) else {"weighted", "neither"}
+    assert measured in want
 
 
 def test_check_exits_2_where_kerasfix_declines():
