@@ -4,15 +4,23 @@ Support is decided by what is found on the classes, not by version strings,
 so patch releases and nightlies of a known layout work unchanged.
 """
 
-import dataclasses
+import collections
 
 COMPILE_UTILS = "keras.src.trainers.compile_utils"
 TRAINER = "keras.src.trainers.trainer"
 LOSS = "keras.src.losses.loss"
 
 
-@dataclasses.dataclass(frozen=True)
-class Adapter:
+_Fields = collections.namedtuple(
+    "_Fields",
+    "name releases losses_attr lists_loss_metrics scales_losses",
+    defaults=(False,),
+)
+
+
+# A namedtuple, not a dataclass: `import dataclasses` alone costs more than
+# the rest of `import kerasfix`.
+class Adapter(_Fields):
     """How one family of Keras releases keeps its compiled losses.
 
     `losses_attr` names the list `CompileLoss.call` iterates; its entries
@@ -24,11 +32,7 @@ class Adapter:
     of `tf.distribute` replicas itself (`scale_loss_for_distribution`).
     """
 
-    name: str
-    releases: str
-    losses_attr: str
-    lists_loss_metrics: bool
-    scales_losses: bool = False
+    __slots__ = ()
 
     def entries(self, compile_loss):
         return getattr(compile_loss, self.losses_attr, None) or []
