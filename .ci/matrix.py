@@ -177,18 +177,39 @@ def table(results):
     return "\n".join(rows)
 
 
-def write_table():
-    results = json.loads(RESULTS.read_text())
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    new = re.sub(
-        r"(<!-- matrix:start -->\n).*?(\n<!-- matrix:end -->)",
-        lambda m: m.group(1) + table(results) + m.group(2),
+def own_tests_table(results):
+    rows = [
+        "| Keras | own tests | pass without kerasfix | pass with | listed exceptions | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results.values(), key=lambda r: r["keras"], reverse=True):
+        if r["status"] == "not run":
+            rows.append(f"| {r['keras']} | - | - | - | - | not run |")
+            continue
+        rows.append(
+            f"| {r['keras']} | {r['tests']} | {r['passed_without']} | "
+            f"{r['passed_with']} | {len(r['exceptions'])} | {r['status']} |"
+        )
+    return "\n".join(rows)
+
+
+def replace_between(text, marker, body):
+    return re.sub(
+        rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)",
+        lambda m: m.group(1) + body + "\n" + m.group(2),
         text,
         flags=re.S,
     )
-    readme.write_text(new)
-    log(f"README table written from {len(results)} results")
+
+
+def write_table():
+    readme = ROOT / "README.md"
+    text = replace_between(readme.read_text(), "matrix", table(json.loads(RESULTS.read_text())))
+    own = ROOT / ".ci" / "keras-own-tests-results.json"
+    if own.exists():
+        text = replace_between(text, "keras-own", own_tests_table(json.loads(own.read_text())))
+    readme.write_text(text)
+    log("README tables written from the last results")
 
 
 def main(argv=None):
