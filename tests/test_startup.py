@@ -36,7 +36,9 @@ def source_copy(where):
     return shutil.copytree(
         ROOT,
         where / "src",
-        ignore=shutil.ignore_patterns(".git", ".hypothesis", "build", "*.egg-info", ".ci"),
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".hypothesis", "build", "*.egg-info", ".ci"
+        ),
     )
 
 
