@@ -69,6 +69,7 @@ def runs():
         pytest.skip("tf.distribute and JAX DataParallel only")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
     env.update(
+        KERAS_BACKEND=backend(),
         KERASFIX="1",
         TF_CPP_MIN_LOG_LEVEL="3",
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
