@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,6 +32,7 @@ VENVS = Path(
     os.environ.get("KERASFIX_VENVS", Path.home() / ".cache" / "kerasfix" / "venvs")
 )
 TOOLS = ["pytest", "pytest-xdist", "hypothesis", "wrapt"]
+_saving = threading.Lock()
 CI_SUBSET = [
     ("3.15", "tensorflow"),
     ("3.15", "jax"),
@@ -156,6 +158,10 @@ def run(name, backend, python):
         f"keras {name} x {backend}: {result['effective']}, {passed} passed, "
         f"{result['failed']} failed, {skipped} skipped, {seconds}s"
     )
+    with _saving:  # after every run, so an interrupted matrix keeps its rows
+        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        saved[f"{name}/{backend}"] = result
+        RESULTS.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     return f"{name}/{backend}", result
 
 
@@ -214,7 +220,7 @@ def write_table():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", nargs="*", help="release lines, e.g. 3.15 3.6")
+    parser.add_argument("--envs", nargs="*", help="release lines, in this order, e.g. 3.15 3.6")
     parser.add_argument("--backends", nargs="*", help="tensorflow, jax, torch")
     parser.add_argument("--subset", choices=["ci"], help="the CI subset")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
@@ -229,9 +235,8 @@ def main(argv=None):
     else:
         plan = [
             (name, backend)
-            for name, (_, backends) in envs.items()
-            if not args.envs or name in args.envs
-            for backend in backends
+            for name in args.envs or envs
+            for backend in envs[name][1]
             if not args.backends or backend in args.backends
         ]
     names = list(dict.fromkeys(name for name, _ in plan))
@@ -243,9 +248,6 @@ def main(argv=None):
     log("running: " + ", ".join(f"{n} x {b}" for n, b in plan))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(lambda nb: run(*nb, pythons[nb[0]]), plan))
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    previous.update(results)
-    RESULTS.write_text(json.dumps(previous, indent=1, sort_keys=True) + "\n")
     failed = [k for k, r in results.items() if r["failed"]]
     log(f"{len(results)} runs, {len(failed)} with failures {failed or ''}")
     return 1 if failed else 0
