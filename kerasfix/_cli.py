@@ -87,6 +87,14 @@ def _semantics(reported, raw):
     return "neither"
 
 
+MEANING = {
+    "unweighted": "raw losses (Keras 2)",
+    "weighted": "raw x weight (Keras 3.5/3.6)",
+    "missing": "no per-output losses",
+    "neither": "neither raw nor raw x weight",
+}
+
+
 def _table(rows):
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -144,10 +152,9 @@ def _demo(args):
         rows.append((f"{k}_loss", _fmt(raw[k]), _fmt(upstream[k]), _fmt(fixed[k])))
     _table(rows)
     print(
-        "\nkerasfix off: "
-        + _semantics(upstream, raw)
-        + f"; kerasfix on: {_semantics(fixed, raw)} "
-        + f"({kerasfix.status()['effective']})."
+        f"\nkerasfix off: {MEANING[_semantics(upstream, raw)]}; "
+        f"kerasfix on: {MEANING[_semantics(fixed, raw)]} "
+        f"({kerasfix.status()['effective']})."
     )
     return 0
 
