@@ -28,3 +28,15 @@ def patched():
     if kerasfix.status()["effective"] != "patched":
         pytest.skip(f"kerasfix does not patch here: {kerasfix.status()}")
     return kerasfix
+
+
+@pytest.fixture
+def patch_supported():
+    """Skips where kerasfix declines this Keras; leaves kerasfix off."""
+    import kerasfix
+
+    kerasfix.enable()
+    status = kerasfix.status()
+    kerasfix.disable()
+    if status["effective"] != "patched":
+        pytest.skip(f"kerasfix does not patch here: {status['internals']}")

@@ -207,13 +207,17 @@ def upstream_drops_losses(case):
 SETTINGS = settings(
     max_examples=100,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 
 
 @SETTINGS
 @given(cases())
-def test_total_is_bit_identical_to_upstream(case):
+def test_total_is_bit_identical_to_upstream(patch_supported, case):
     """P1."""
     assume(not upstream_drops_losses(case))
     upstream, _ = run(case, patched=False)
@@ -231,7 +235,7 @@ def test_total_is_bit_identical_to_upstream(case):
 
 @SETTINGS
 @given(cases(), st.sampled_from(["unweighted", "weighted"]))
-def test_metrics_equal_batch_weighted_raw_losses(case, mode):
+def test_metrics_equal_batch_weighted_raw_losses(patch_supported, case, mode):
     """P2 (unweighted) and P3 (weighted)."""
     assume(not upstream_misaligns(case))
     totals, metrics = run(case, patched=True, mode=mode)
@@ -249,7 +253,7 @@ def test_metrics_equal_batch_weighted_raw_losses(case, mode):
 
 @SETTINGS
 @given(cases())
-def test_weighted_metrics_add_up_to_mean_total(case):
+def test_weighted_metrics_add_up_to_mean_total(patch_supported, case):
     """P4: what the `loss` metric (mean total by batch size) would show."""
     assume(not upstream_misaligns(case) and len(case["kinds"]) > 1)
     totals, metrics = run(case, patched=True)

@@ -104,7 +104,7 @@ def without_total(logs):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_names_and_values_equal_tf_keras(name):
+def test_names_and_values_equal_tf_keras(patch_supported, name):
     weights, theirs, their_history = run(tf_keras, name)
     try:
         run(keras, name, weights_from=weights)

@@ -32,7 +32,9 @@ def policy():
 
 
 @pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_metrics_are_float32_raw_and_total_unchanged(policy, name):
+def test_mixed_precision_metrics_are_float32_raw_and_total_unchanged(
+    patch_supported, policy, name
+):
     policy(name)
     x, ya, yb, _ = data(20)
 

@@ -61,7 +61,7 @@ needs_pth = pytest.mark.skipif(
 
 
 @needs_pth
-def test_script_that_never_imports_kerasfix_reports_raw_losses():
+def test_script_that_never_imports_kerasfix_reports_raw_losses(patch_supported):
     pytest.importorskip("keras")
     done = run(SCRIPT, {"KERASFIX": "1"})
     assert done.returncode == 0, done.stderr
