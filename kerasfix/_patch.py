@@ -287,24 +287,29 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     compile_loss = getattr(instance, "_compile_loss", None)
     if _mode is None or compile_loss is None or compile_loss.built:
         return result
-    from keras.src import backend, tree
+    from keras.src import backend
     from keras.src.trainers.data_adapters import data_adapter_utils
 
     def bind(iterator=None, data_batch=None):
         return iterator, data_batch
+
+    def symbolic(value):  # keras.src.tree only exists from 3.3
+        if isinstance(value, dict):
+            return {k: symbolic(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(symbolic(v) for v in value)
+        if value is None:
+            return None
+        return backend.KerasTensor(value.shape, backend.standardize_dtype(value.dtype))
 
     iterator, data_batch = bind(*args, **kwargs)
     if data_batch is None:
         for _, data in iterator.enumerate_epoch():
             data_batch = data[0]
             break
-    data_batch = tree.map_structure(
-        lambda v: None
-        if v is None
-        else backend.KerasTensor(v.shape, backend.standardize_dtype(v.dtype)),
-        data_batch,
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(
+        symbolic(data_batch)
     )
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data_batch)
     y_pred = backend.compute_output_spec(instance, x)
     backend.compute_output_spec(compile_loss, y, y_pred, sample_weight)
     return result
