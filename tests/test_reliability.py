@@ -287,7 +287,9 @@ def outcome(case):
 
 
 def same(a, b):
-    return (math.isnan(a) and math.isnan(b)) or a == b
+    # Within float32 rounding: the traced graph with kerasfix's metric ops
+    # may be fused differently by TensorFlow (seen once on 3.14).
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-6)
 
 
 @settings(
