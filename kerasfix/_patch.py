@@ -92,12 +92,6 @@ def _swap_loss_fns(compile_loss, adapter, swap):
             entries[index] = adapter.with_loss_fn(entry, swap(index, fn))
 
 
-def _first_leaf(structure):
-    while isinstance(structure, (dict, list, tuple)):
-        structure = next(iter(structure.values() if isinstance(structure, dict) else structure))
-    return structure
-
-
 def _flatten_with_names(structure, prefix=()):
     """Leaves in `keras.tree.flatten` order, with their dict-key paths."""
     if isinstance(structure, dict):
@@ -199,7 +193,8 @@ def _update_metrics(compile_loss, tracked, records, mode):
         return
     # Keras 2 weighed every output by the first one's dynamic batch size;
     # `ops.shape` gives a tensor inside tf.function where the size varies.
-    batch_size = ops.shape(_first_leaf(records[0][2]))[0]
+    first, _ = next(_flatten_with_names(records[0][2]))
+    batch_size = ops.shape(first)[0]
     for index, value, _, scaled in records:
         metric = tracked.metrics[index]
         if metric is None:

@@ -31,26 +31,28 @@ def data(n=20, seed=0):
     return x, ya, yb, yc
 
 
-def two_outputs(model_class=None):
-    """Outputs `a` (linear) and `b` (sigmoid); `model_class` subclasses Model."""
+def _heads(seed, with_c, model_class=None):
     k = _keras()
-    k.utils.set_random_seed(1)
+    k.utils.set_random_seed(seed)
     inp = k.Input((4,))
     h = k.layers.Dense(8, activation="relu")(inp)
-    a = k.layers.Dense(1, name="a")(h)
-    b = k.layers.Dense(1, activation="sigmoid", name="b")(h)
-    return (model_class or k.Model)(inp, [a, b])
+    outs = [
+        k.layers.Dense(1, name="a")(h),
+        k.layers.Dense(1, activation="sigmoid", name="b")(h),
+    ]
+    if with_c:
+        outs.append(k.layers.Dense(2, name="c")(h))
+    return (model_class or k.Model)(inp, outs)
+
+
+def two_outputs(model_class=None):
+    """Outputs `a` (linear) and `b` (sigmoid); `model_class` subclasses Model."""
+    return _heads(1, False, model_class)
 
 
 def three_outputs():
-    k = _keras()
-    k.utils.set_random_seed(2)
-    inp = k.Input((4,))
-    h = k.layers.Dense(8, activation="relu")(inp)
-    a = k.layers.Dense(1, name="a")(h)
-    b = k.layers.Dense(1, activation="sigmoid", name="b")(h)
-    c = k.layers.Dense(2, name="c")(h)
-    return k.Model(inp, [a, b, c])
+    """`a`, `b` and `c` (2 units, linear)."""
+    return _heads(2, True)
 
 
 def frozen_sgd():
