@@ -54,9 +54,9 @@ def kerasfix_mode():
     """Call with a mode (or None for off) to switch kerasfix for this test;
     the state before the test comes back afterwards."""
     import kerasfix
-    from kerasfix import _patch
+    from kerasfix import _config
 
-    before = _patch._mode
+    before = _config.mode
 
     def switch(mode):
         if mode is None:

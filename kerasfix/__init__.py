@@ -8,9 +8,14 @@ unset); `KERASFIX=0` keeps it off. The patch lands when Keras's
 import os
 import sys
 
-from kerasfix import _adapters, _config, _patch
-from kerasfix._config import ENV_VAR, MODES, STRICT_ENV_VAR
-from kerasfix._patch import KerasfixError, KerasfixWarning
+from kerasfix import _adapters, _config, _hook
+from kerasfix._config import (
+    ENV_VAR,
+    MODES,
+    STRICT_ENV_VAR,
+    KerasfixError,
+    KerasfixWarning,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -38,27 +43,24 @@ def enable(mode="unweighted"):
     """
     global _hook_registered
     _config.check_mode(mode)
-    with _patch._lock:
-        _patch._mode = mode
-        _patch._strict = _config.strict_from_env(os.environ)
+    with _config.lock:
+        _config.mode = mode
+        _config.strict = _config.strict_from_env(os.environ)
         if not _hook_registered:
-            import wrapt
-
             _hook_registered = True
-            # Fires now if Keras is already imported, else right after it is.
-            # The trainer module, not compile_utils: it imports CompileLoss
-            # and is half-built while compile_utils' own hook would run.
-            wrapt.register_post_import_hook(
-                _patch.apply, _adapters.TRAINER
-            )
+            _hook.install()
         elif _adapters.TRAINER in sys.modules:
+            from kerasfix import _patch
+
             _patch.apply(sys.modules[_adapters.TRAINER])
 
 
 def disable():
     """Restores Keras exactly as it was; models go back to Keras's metrics."""
-    with _patch._lock:
-        _patch._mode = None
+    with _config.lock:
+        _config.mode = None
+        from kerasfix import _patch
+
         _patch.undo()
 
 
@@ -70,13 +72,15 @@ def status():
     (kerasfix off), "native" (Keras 2 itself), "unsupported" (kerasfix
     declined this Keras) or "no keras". Imports Keras to find out.
     """
+    from kerasfix import _patch
+
     keras_version = _patch.keras_version()
     info = {
         "kerasfix": __version__,
         "keras": keras_version,
         "backend": None,
         "internals": None,
-        "requested_mode": _patch._mode,
+        "requested_mode": _config.mode,
         "effective": "no keras",
     }
     if keras_version is None:

@@ -1,4 +1,11 @@
-"""The one place that turns a mode name or `KERASFIX` value into a mode."""
+"""What kerasfix is asked for: the one place that turns a mode name or a
+`KERASFIX` value into a mode, and the mode in force.
+
+It imports nothing heavy, so `import kerasfix` stays cheap until Keras is
+imported (wrapt 2 alone imports asyncio).
+"""
+
+import threading
 
 ENV_VAR = "KERASFIX"
 STRICT_ENV_VAR = "KERASFIX_STRICT"
@@ -9,6 +16,18 @@ _OFF = ("", "0", "off", "false")
 _UNWEIGHTED = ("1", "on", "true", "unweighted")
 _WEIGHTED = ("weighted",)
 ALLOWED = _OFF[1:] + _UNWEIGHTED + _WEIGHTED
+
+lock = threading.RLock()
+mode = None  # "unweighted" | "weighted" | None (off)
+strict = False
+
+
+class KerasfixWarning(UserWarning):
+    """kerasfix declined to patch, or changed what Keras would have done."""
+
+
+class KerasfixError(RuntimeError):
+    """kerasfix could not patch and `KERASFIX_STRICT` forbids going on."""
 
 
 def mode_from_env(environ):

@@ -17,20 +17,9 @@ import weakref
 
 import wrapt
 
-from kerasfix import _adapters
+from kerasfix import _adapters, _config
+from kerasfix._config import KerasfixError, KerasfixWarning
 
-
-class KerasfixWarning(UserWarning):
-    """kerasfix declined to patch, or changed what Keras would have done."""
-
-
-class KerasfixError(RuntimeError):
-    """kerasfix could not patch and `KERASFIX_STRICT` forbids going on."""
-
-
-_lock = threading.RLock()
-_mode = None  # "unweighted" | "weighted" | None (off)
-_strict = False
 _adapter = None  # the layout found when the patch went in
 _declined = None  # why the installed Keras was not patched
 _patches = []  # (owner, attribute, original or None, replacement)
@@ -220,7 +209,7 @@ def _built_before_enable(compile_loss):
 
 
 def _call(wrapped, instance, args, kwargs):
-    mode = _mode
+    mode = _config.mode
     if mode is None or _built_before_enable(instance):
         return wrapped(*args, **kwargs)
     tracked = _tracked.setdefault(instance, _Tracked(_adapter))
@@ -238,7 +227,7 @@ def _call(wrapped, instance, args, kwargs):
 
 def _build(wrapped, instance, args, kwargs):
     result = wrapped(*args, **kwargs)
-    if _mode is not None:
+    if _config.mode is not None:
         tracked = _tracked.setdefault(instance, _Tracked(_adapter))
         _swap_loss_fns(
             instance,
@@ -280,7 +269,7 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     # for JAX to carry new metric variables; build it symbolically first.
     result = wrapped(*args, **kwargs)
     compile_loss = getattr(instance, "_compile_loss", None)
-    if _mode is None or compile_loss is None or compile_loss.built:
+    if _config.mode is None or compile_loss is None or compile_loss.built:
         return result
     from keras.src import backend
     from keras.src.trainers.data_adapters import data_adapter_utils
@@ -337,8 +326,8 @@ def _add_property(owner, name, fget):
 def apply(trainer):
     """Patches Keras once its trainer module (and so CompileLoss) is loaded."""
     global _adapter, _declined
-    with _lock:
-        if _mode is None or _patches:
+    with _config.lock:
+        if _config.mode is None or _patches:
             return
         from keras.src import backend
 
@@ -353,7 +342,7 @@ def apply(trainer):
                 f"kerasfix did not patch Keras {keras_version()}: "
                 f"{missing}. Per-output loss metrics are Keras's own."
             )
-            if _strict:
+            if _config.strict:
                 raise KerasfixError(
                     message + " Unset KERASFIX_STRICT to run anyway."
                 )
@@ -377,7 +366,7 @@ def undo():
     """Restores every patched attribute that still holds kerasfix's wrapper,
     and the loss functions of every CompileLoss kerasfix built."""
     global _adapter
-    with _lock:
+    with _config.lock:
         for compile_loss, tracked in list(_tracked.items()):
             _swap_loss_fns(
                 compile_loss,
