@@ -12,20 +12,15 @@ LOSS = "keras.src.losses.loss"
 
 
 _Fields = collections.namedtuple(
-    "_Fields",
-    "name releases losses_attr lists_loss_metrics scales_losses",
-    defaults=(False,),
+    "_Fields", "name releases lists_loss_metrics scales_losses", defaults=(False,)
 )
 
 
-# A namedtuple, not a dataclass: `import dataclasses` alone costs more than
+# Namedtuples, not dataclasses: `import dataclasses` alone costs more than
 # the rest of `import kerasfix`.
-class Adapter(_Fields):
+class _Adapter(_Fields):
     """How one family of Keras releases keeps its compiled losses.
 
-    `losses_attr` names the list `CompileLoss.call` iterates; its entries
-    are plain loss functions (`flat_losses`, with `flat_loss_weights` beside
-    it) or `(path, loss, loss_weights, name)` tuples (`_flat_losses`).
     `lists_loss_metrics` is True where `Trainer.metrics` already lists
     `CompileLoss.metrics` and `_symbolic_build` already builds CompileLoss.
     `scales_losses` is True where a `Loss` divides its value by the number
@@ -34,31 +29,55 @@ class Adapter(_Fields):
 
     __slots__ = ()
 
+
+class FlatLists(_Adapter):
+    """Plain loss functions in `flat_losses`, weights in `flat_loss_weights`."""
+
+    __slots__ = ()
+
     def entries(self, compile_loss):
-        return getattr(compile_loss, self.losses_attr, None) or []
+        return getattr(compile_loss, "flat_losses", None) or []
 
     def loss_fn(self, entry):
-        return entry.loss if self.losses_attr == "_flat_losses" else entry
+        return entry
 
     def with_loss_fn(self, entry, fn):
-        if self.losses_attr == "_flat_losses":
-            return entry._replace(loss=fn)
         return fn
 
     def keras_name(self, entry):
         """Keras 3's own name for a loss entry, where it keeps one."""
-        return entry.name if self.losses_attr == "_flat_losses" else None
+        return None
 
     def weight(self, compile_loss, index):
-        if self.losses_attr == "_flat_losses":
-            return compile_loss._flat_losses[index].loss_weights
         return compile_loss.flat_loss_weights[index]
 
 
-FLAT_LISTS = Adapter("flat-lists", "3.0-3.4", "flat_losses", False)
-FLAT_LISTS_METRICS = Adapter("flat-lists+metrics", "3.5-3.6", "flat_losses", True)
-PATH_TUPLES = Adapter("path-tuples", "3.7", "_flat_losses", True)
-PATH_TUPLES_SCALED = Adapter("path-tuples+scaling", "3.8+", "_flat_losses", True, True)
+class PathTuples(_Adapter):
+    """`(path, loss, loss_weights, name)` tuples in `_flat_losses`."""
+
+    __slots__ = ()
+
+    def entries(self, compile_loss):
+        return getattr(compile_loss, "_flat_losses", None) or []
+
+    def loss_fn(self, entry):
+        return entry.loss
+
+    def with_loss_fn(self, entry, fn):
+        return entry._replace(loss=fn)
+
+    def keras_name(self, entry):
+        """Keras 3's own name for a loss entry, where it keeps one."""
+        return entry.name
+
+    def weight(self, compile_loss, index):
+        return compile_loss._flat_losses[index].loss_weights
+
+
+FLAT_LISTS = FlatLists("flat-lists", "3.0-3.4", False)
+FLAT_LISTS_METRICS = FlatLists("flat-lists+metrics", "3.5-3.6", True)
+PATH_TUPLES = PathTuples("path-tuples", "3.7", True)
+PATH_TUPLES_SCALED = PathTuples("path-tuples+scaling", "3.8+", True, True)
 
 
 def detect(compile_utils, trainer, loss, backend):
