@@ -87,7 +87,7 @@ def main(argv=None):
 
         return emb_loss
 
-    def model(name, workaround=False):
+    def model(name):
         keras.utils.set_random_seed(0)
         inp = keras.Input((FEATURES,))
         h = keras.layers.Dense(64, activation="relu")(inp)
@@ -97,7 +97,7 @@ def main(argv=None):
         }
         m = keras.Model(inp, out)
         metrics = None
-        if workaround:
+        if name == "workaround":
             metrics = {
                 "cls": [keras.metrics.SparseCategoricalCrossentropy(name="raw")],
                 "emb": [keras.metrics.MeanMetricWrapper(pairwise, name="raw")],
