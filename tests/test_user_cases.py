@@ -29,16 +29,15 @@ class RegularizedMSE(keras.losses.Loss):
         return mse + self.factor * ops.mean(ops.square(y_pred), axis=-1)
 
 
-def evaluate_and_fit(model, x, ys):
+def assert_raw_losses_reported(model, x, ys, losses, loss_weights):
+    """Compiles with `losses`, evaluates and fits one epoch (weights frozen):
+    every `<out>_loss` and `val_<out>_loss` must be that output's raw loss."""
+    model.compile(frozen_sgd(), loss=losses, loss_weights=loss_weights)
     logs = model.evaluate(x, ys, batch_size=BATCH, return_dict=True, verbose=0)
     history = model.fit(
         x, ys, batch_size=BATCH, shuffle=False, validation_data=(x, ys), verbose=0
     ).history
-    return logs, history
-
-
-def check(logs, history, raw):
-    for name, value in raw.items():
+    for name, value in raw_losses(model, x, ys, losses).items():
         assert logs[f"{name}_loss"] == pytest.approx(value, rel=1e-5)
         assert history[f"{name}_loss"] == pytest.approx([value], rel=1e-5)
         assert history[f"val_{name}_loss"] == pytest.approx([value], rel=1e-5)
@@ -55,14 +54,13 @@ def test_vae_reports_raw_kl_and_raw_reconstruction(patched):
     decoder = keras.layers.Dense(6, activation="sigmoid", name="decoder")(mean)
     model = keras.Model(inp, {"encoder": encoder, "decoder": decoder})
     g = 0.8
-    losses = {"encoder": kl_divergence, "decoder": "binary_crossentropy"}
-    model.compile(
-        frozen_sgd(), loss=losses, loss_weights={"encoder": 1 - g, "decoder": g}
+    assert_raw_losses_reported(
+        model,
+        x,
+        {"encoder": np.zeros((N, 4), "float32"), "decoder": x},
+        {"encoder": kl_divergence, "decoder": "binary_crossentropy"},
+        {"encoder": 1 - g, "decoder": g},
     )
-    ys = {"encoder": np.zeros((N, 4), "float32"), "decoder": x}
-    logs, history = evaluate_and_fit(model, x, ys)
-    raw = raw_losses(model, x, ys, losses)
-    check(logs, history, raw)
 
 
 def test_detector_reports_raw_bbox_and_classification(patched):
@@ -74,16 +72,17 @@ def test_detector_reports_raw_bbox_and_classification(patched):
     bbox = keras.layers.Dense(4, name="bbox")(h)
     classes = keras.layers.Dense(3, activation="softmax", name="classification")(h)
     model = keras.Model(inp, [bbox, classes])
-    losses = {"bbox": "mse", "classification": "sparse_categorical_crossentropy"}
-    model.compile(
-        frozen_sgd(), loss=losses, loss_weights={"bbox": 1.0, "classification": 1.5}
-    )
     ys = {
         "bbox": rng.normal(size=(N, 4)).astype("float32"),
         "classification": rng.integers(0, 3, size=(N, 1)),
     }
-    logs, history = evaluate_and_fit(model, x, ys)
-    check(logs, history, raw_losses(model, x, ys, losses))
+    assert_raw_losses_reported(
+        model,
+        x,
+        ys,
+        {"bbox": "mse", "classification": "sparse_categorical_crossentropy"},
+        {"bbox": 1.0, "classification": 1.5},
+    )
 
 
 def test_subclassed_loss_with_regularization_factor(patched):
@@ -95,11 +94,10 @@ def test_subclassed_loss_with_regularization_factor(patched):
     model = keras.Model(
         inp, [keras.layers.Dense(2, name="a")(h), keras.layers.Dense(1, name="b")(h)]
     )
-    losses = {"a": RegularizedMSE(0.25), "b": "mae"}
-    model.compile(frozen_sgd(), loss=losses, loss_weights={"a": 2.0, "b": 0.5})
     ys = {
         "a": rng.normal(size=(N, 2)).astype("float32"),
         "b": rng.normal(size=(N, 1)).astype("float32"),
     }
-    logs, history = evaluate_and_fit(model, x, ys)
-    check(logs, history, raw_losses(model, x, ys, losses))
+    assert_raw_losses_reported(
+        model, x, ys, {"a": RegularizedMSE(0.25), "b": "mae"}, {"a": 2.0, "b": 0.5}
+    )
