@@ -92,12 +92,7 @@ def outcomes(python, where, kerasfix_on):
 
 def check(name, keras_git):
     requirements = matrix.environments()[name][0]
-    python = matrix.build(name, requirements)
-    has_kerasfix = subprocess.run(
-        [str(python), "-c", "import kerasfix"], capture_output=True
-    )
-    if has_kerasfix.returncode != 0:
-        matrix.install_kerasfix(python)
+    python = matrix.ensure(name, requirements)
     version = subprocess.run(
         [str(python), "-c", "import keras; print(keras.__version__)"],
         capture_output=True, text=True, check=True,

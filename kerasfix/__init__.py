@@ -6,7 +6,6 @@ unset); `KERASFIX=0` keeps it off. The patch lands when Keras's
 """
 
 import os
-import sys
 
 from kerasfix import _adapters, _config, _hook
 from kerasfix._config import (
@@ -29,8 +28,6 @@ __all__ = [
     "status",
 ]
 
-_hook_registered = False
-
 
 def enable(mode="unweighted"):
     """Reports per-output losses as Keras 2 did, on models compiled from now.
@@ -41,18 +38,11 @@ def enable(mode="unweighted"):
     next traced step records. Models whose loss was built before keep Keras's
     own metrics until they are compiled again.
     """
-    global _hook_registered
     _config.check_mode(mode)
     with _config.lock:
         _config.mode = mode
         _config.strict = _config.strict_from_env(os.environ)
-        if not _hook_registered:
-            _hook_registered = True
-            _hook.install()
-        elif _adapters.TRAINER in sys.modules:
-            from kerasfix import _patch
-
-            _patch.apply(sys.modules[_adapters.TRAINER])
+        _hook.install()
 
 
 def disable():

@@ -11,9 +11,21 @@ import sys
 from kerasfix import _adapters
 
 
+_installed = False
+
+
 def install():
+    """Patches Keras now if its trainer module is loaded, else once it is."""
+    global _installed
+    if _installed:
+        if _adapters.TRAINER in sys.modules:
+            from kerasfix import _patch
+
+            _patch.apply(sys.modules[_adapters.TRAINER])
+        return
+    _installed = True
     if "keras" in sys.modules:
-        _register()
+        _register()  # wrapt's hook fires at once for a loaded module
     else:
         sys.meta_path.insert(0, _KerasImportFinder())
 
