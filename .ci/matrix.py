@@ -4,6 +4,7 @@
     python .ci/matrix.py --subset ci     # what .ci/run runs
     python .ci/matrix.py --envs 3.15 3.6 --backends jax
     python .ci/matrix.py --table         # README table from the last run
+    python .ci/matrix.py --repin-nightly # pin the newest keras-nightly
 
 Virtualenvs live outside the clone, in $KERASFIX_VENVS (default
 ~/.cache/kerasfix/venvs), named by the hash of their requirements file, and
@@ -34,6 +35,9 @@ VENVS = Path(
 TOOLS = ["pytest", "pytest-xdist", "hypothesis", "wrapt"]
 _saving = threading.Lock()
 CI_SUBSET = [
+    ("nightly", "tensorflow"),
+    ("nightly", "jax"),
+    ("nightly", "torch"),
     ("3.15", "tensorflow"),
     ("3.15", "jax"),
     ("3.15", "torch"),
@@ -45,6 +49,15 @@ CI_SUBSET = [
 ]
 
 
+NIGHTLY = ENVS / "keras-nightly.txt"
+NO_DEPS = "# no-deps"
+
+
+def release_key(name):
+    """Sorts release lines oldest first, "nightly" after every release."""
+    return (1,) if name == "nightly" else (0, *map(int, name.split(".")))
+
+
 def environments():
     """{"3.15": (requirements file, [backends])}, newest first."""
     found = {}
@@ -52,9 +65,7 @@ def environments():
         header = path.read_text().splitlines()[0]
         backends = header.removeprefix("# backends:").split()
         found[path.stem.removeprefix("keras-")] = (path, backends)
-    return dict(
-        sorted(found.items(), key=lambda kv: tuple(map(int, kv[0].split("."))), reverse=True)
-    )
+    return dict(sorted(found.items(), key=lambda kv: release_key(kv[0]), reverse=True))
 
 
 def venv_for(requirements):
@@ -84,7 +95,15 @@ def build(name, requirements):
     if not (venv / ".complete").exists():
         log(f"building {venv} (a few minutes)")
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        pip(python, "install", "-q", "-r", str(requirements), *TOOLS)
+        lines = requirements.read_text().splitlines()
+        cut = lines.index(NO_DEPS) if NO_DEPS in lines else len(lines)
+        with_deps = [l for l in lines[:cut] if l and not l.startswith("#")]
+        no_deps = [l for l in lines[cut + 1 :] if l and not l.startswith("#")]
+        pip(python, "install", "-q", *with_deps, *TOOLS)
+        if no_deps:
+            # Both keras and keras-nightly own keras/: the nightly replaces it.
+            pip(python, "uninstall", "-y", "-q", "keras", "tf-keras")
+            pip(python, "install", "-q", "--no-deps", *no_deps)
         (venv / ".complete").touch()
     return python
 
@@ -172,7 +191,7 @@ def table(results):
     ]
     order = sorted(
         results.items(),
-        key=lambda kv: (tuple(map(int, kv[0].split("/")[0].split("."))), kv[1]["backend"]),
+        key=lambda kv: (release_key(kv[0].split("/")[0]), kv[1]["backend"]),
         reverse=True,
     )
     for _, r in order:
@@ -218,6 +237,20 @@ def write_table():
     log("README tables written from the last results")
 
 
+def repin_nightly():
+    """Rewrites the nightly pins to the newest keras-nightly and tf-keras-nightly."""
+    text = NIGHTLY.read_text()
+    for package in ("keras-nightly", "tf-keras-nightly"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "index", "versions", "--pre", package],
+            capture_output=True, text=True, check=True,
+        )
+        newest = re.search(rf"^{package} \((\S+)\)", done.stdout, re.M).group(1)
+        text = re.sub(rf"^{package}==\S+$", f"{package}=={newest}", text, flags=re.M)
+        log(f"{package}=={newest}")
+    NIGHTLY.write_text(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="*", help="release lines, in this order, e.g. 3.15 3.6")
@@ -225,9 +258,15 @@ def main(argv=None):
     parser.add_argument("--subset", choices=["ci"], help="the CI subset")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--table", action="store_true", help="only rewrite README")
+    parser.add_argument(
+        "--repin-nightly", action="store_true", help="pin the newest keras-nightly"
+    )
     args = parser.parse_args(argv)
     if args.table:
         write_table()
+        return 0
+    if args.repin_nightly:
+        repin_nightly()
         return 0
     envs = environments()
     if args.subset == "ci":

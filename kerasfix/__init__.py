@@ -6,6 +6,7 @@ unset); `KERASFIX=0` keeps it off. The patch lands when Keras's
 """
 
 import os
+import sys
 
 from kerasfix import _adapters, _config, _hook
 from kerasfix._config import (
@@ -49,9 +50,10 @@ def disable():
     """Restores Keras exactly as it was; models go back to Keras's metrics."""
     with _config.lock:
         _config.mode = None
-        from kerasfix import _patch
-
-        _patch.undo()
+        # Nothing was patched if the patch module was never loaded; loading
+        # it would import wrapt for nothing.
+        if "kerasfix._patch" in sys.modules:
+            sys.modules["kerasfix._patch"].undo()
 
 
 def status():
@@ -62,9 +64,7 @@ def status():
     (kerasfix off), "native" (Keras 2 itself), "unsupported" (kerasfix
     declined this Keras) or "no keras". Imports Keras to find out.
     """
-    from kerasfix import _patch
-
-    keras_version = _patch.keras_version()
+    keras_version = _adapters.keras_version()
     info = {
         "kerasfix": __version__,
         "keras": keras_version,
@@ -82,6 +82,8 @@ def status():
 
     importlib.import_module(_adapters.TRAINER)
     from keras.src import backend
+
+    from kerasfix import _patch
 
     info["backend"] = backend.backend()
     if _patch._adapter is not None:

@@ -1,14 +1,18 @@
 """The Keras 3 internals kerasfix touches: one adapter per known layout.
 
-Support is decided by what is found on the classes, not by version strings,
-so patch releases and nightlies of a known layout work unchanged.
+Support is decided by what is found on the classes, not by version strings
+or class names, so patch releases, nightlies and refactors of a known layout
+work unchanged. Nothing here instantiates a Keras class: detection runs
+while `import keras` is still under way.
 """
 
 import collections
+import inspect
 
 COMPILE_UTILS = "keras.src.trainers.compile_utils"
 TRAINER = "keras.src.trainers.trainer"
 LOSS = "keras.src.losses.loss"
+VERSION = "keras.src.version"
 
 
 _Fields = collections.namedtuple(
@@ -21,7 +25,7 @@ _Fields = collections.namedtuple(
 class _Adapter(_Fields):
     """How one family of Keras releases keeps its compiled losses.
 
-    `lists_loss_metrics` is True where `Trainer.metrics` already lists
+    `lists_loss_metrics` is True where the trainer's `metrics` already lists
     `CompileLoss.metrics` and `_symbolic_build` already builds CompileLoss.
     `scales_losses` is True where a `Loss` divides its value by the number
     of `tf.distribute` replicas itself (`scale_loss_for_distribution`).
@@ -80,33 +84,82 @@ PATH_TUPLES = PathTuples("path-tuples", "3.7", True)
 PATH_TUPLES_SCALED = PathTuples("path-tuples+scaling", "3.8+", True, True)
 
 
-def detect(compile_utils, trainer, loss, backend):
+def base_trainer(trainer_module):
+    """The class `keras.Model` takes `compile` and `fit` from, or None.
+
+    Found by its role, not its name: Keras 3.0-3.15 call it `Trainer`,
+    3.16 `BaseTrainer` (and give each backend's subclass the old name).
+    """
+    found = [
+        value
+        for value in vars(trainer_module).values()
+        if isinstance(value, type)
+        and value.__module__ == trainer_module.__name__
+        and {"compile", "fit"} <= vars(value).keys()
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _attributes_set(function):
+    """The attribute names a function's own code reads or writes."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    return set(code.co_names) if code is not None else set()
+
+
+def detect(compile_utils, trainer_module, loss, backend):
     """Returns `(adapter, None)` or `(None, "what was not found")`."""
     cls = getattr(compile_utils, "CompileLoss", None)
-    if cls is None:
+    if not isinstance(cls, type):
         return None, "no CompileLoss class"
     missing = [m for m in ("__call__", "build", "call") if m not in vars(cls)]
     if missing:
         return None, f"CompileLoss does not define {', '.join(missing)}"
-    trainer_cls = getattr(trainer, "Trainer", None)
-    if not isinstance(vars(trainer_cls or object).get("metrics"), property):
-        return None, "Trainer.metrics is not a property"
+    trainer = base_trainer(trainer_module)
+    if trainer is None:
+        return None, f"no single trainer class with compile and fit in {TRAINER}"
+    if not isinstance(vars(trainer).get("metrics"), property):
+        return None, f"{trainer.__name__}.metrics is not a property"
     tracks = isinstance(vars(cls).get("metrics"), property)
-    # `_flat_losses` is set in __init__ from 3.7 on; before, `flat_losses`
-    # appears only in build, so ask a throwaway instance.
-    if hasattr(cls("mse"), "_flat_losses"):
+    # Where `build` keeps the resolved losses tells the layouts apart.
+    kept_in = _attributes_set(vars(cls)["build"])
+    if "_flat_losses" in kept_in:
         if not tracks:
             return None, "CompileLoss has _flat_losses but no metrics property"
         if hasattr(loss, "scale_loss_for_distribution"):
             return PATH_TUPLES_SCALED, None
         return PATH_TUPLES, None
+    if "flat_losses" not in kept_in:
+        return None, "CompileLoss.build keeps its losses in neither flat_losses nor _flat_losses"
     if tracks:
         return FLAT_LISTS_METRICS, None
-    if "_symbolic_build" not in vars(trainer_cls):
-        return None, "Trainer._symbolic_build not found"
-    if backend == "jax" and "stateless_compute_loss" not in vars(trainer_cls):
+    if "_symbolic_build" not in vars(trainer):
+        return None, f"{trainer.__name__}._symbolic_build not found"
+    if backend == "jax" and "stateless_compute_loss" not in vars(trainer):
         return None, (
-            "Trainer.stateless_compute_loss not found: the JAX trainer of "
-            "this release drops metric updates made while computing the loss"
+            f"{trainer.__name__}.stateless_compute_loss not found: the JAX "
+            "trainer of this release drops metric updates made while "
+            "computing the loss"
         )
     return FLAT_LISTS, None
+
+
+def keras_version():
+    """The installed Keras's own version, or None without Keras.
+
+    Asked of Keras itself, so `keras`, `keras-nightly` and a source tree all
+    answer; the distribution's metadata only where Keras cannot be imported
+    (Keras 2 without TensorFlow).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("keras") is None:
+        return None
+    try:
+        import keras
+    except ImportError:
+        from importlib import metadata
+
+        owners = metadata.packages_distributions().get("keras", [])
+        return metadata.version(owners[0]) if owners else None
+    version = getattr(keras, "version", None)
+    return version() if callable(version) else keras.__version__

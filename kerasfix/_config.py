@@ -59,3 +59,15 @@ def check_mode(mode):
             f"got {mode!r}."
         )
     return mode
+
+
+_warned = set()
+
+
+def warn_once(message):
+    """Warns with `message` the first time this process sees it."""
+    import warnings
+
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, KerasfixWarning, stacklevel=3)

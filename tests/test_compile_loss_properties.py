@@ -281,7 +281,7 @@ def test_none_loss_no_longer_drops_later_losses_on_3_5_and_3_6():
     )
     upstream, _ = run(case, patched=False)
     with pytest.warns(kerasfix.KerasfixWarning, match="o2"):
-        kerasfix._patch._warned.clear()
+        kerasfix._config._warned.clear()
         kerasfix.enable()
         losses = pack(case, [make_loss(k) for k in case["kinds"]])
         compile_loss = compile_utils.CompileLoss(
