@@ -119,6 +119,8 @@ def detect(compile_utils, trainer_module, loss, backend):
         return None, f"no single trainer class with compile and fit in {TRAINER}"
     if not isinstance(vars(trainer).get("metrics"), property):
         return None, f"{trainer.__name__}.metrics is not a property"
+    if "_compile_loss" not in _attributes_set(vars(trainer)["compile"]):
+        return None, f"{trainer.__name__}.compile keeps no _compile_loss"
     tracks = isinstance(vars(cls).get("metrics"), property)
     # Where `build` keeps the resolved losses tells the layouts apart.
     kept_in = _attributes_set(vars(cls)["build"])
@@ -126,6 +128,8 @@ def detect(compile_utils, trainer_module, loss, backend):
         if not tracks:
             return None, "CompileLoss has _flat_losses but no metrics property"
         if hasattr(loss, "scale_loss_for_distribution"):
+            if not hasattr(loss, "unscale_loss_for_distribution"):
+                return None, "scale_loss_for_distribution has no unscale twin"
             return PATH_TUPLES_SCALED, None
         return PATH_TUPLES, None
     if "flat_losses" not in kept_in:
