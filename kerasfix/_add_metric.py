@@ -120,17 +120,17 @@ def _add(layer, value, name=None, **kwargs):
 
 def _note_result(wrapped, instance, args, kwargs):
     # `add_metric(self.mean(x))` passes a Metric's result: Keras 2 logged
-    # that Metric itself. Its update is made again where the step carries
-    # metric variables if it ran in a scope that drops it (JAX's forward pass).
-    result = wrapped(*args, **kwargs)
-    if _config.mode is not None:
-        step = _current_pass()
-        if step is not None:
-            from keras.src import backend
+    # that Metric itself. In JAX's forward pass the Metric's variables are
+    # not in the scope (Keras cannot update them there): its update waits
+    # for the scope that carries them, and the call returns a placeholder.
+    step = _current_pass() if _config.mode is not None else None
+    if step is None:
+        return wrapped(*args, **kwargs)
+    from keras.src import backend, ops
 
-            discovery = getattr(_local, "discovery", None)
-            dropped = backend.in_stateless_scope() and step is not discovery
-            step.results[id(result)] = (result, instance, args, kwargs, dropped)
+    deferred = backend.in_stateless_scope() and step is not getattr(_local, "discovery", None)
+    result = ops.zeros((), dtype=instance.dtype) if deferred else wrapped(*args, **kwargs)
+    step.results[id(result)] = (result, instance, args, kwargs, deferred)
     return result
 
 
@@ -198,8 +198,8 @@ def _update(model, step, listed):
             mean.update_state(ops.reshape(value, (-1,)))
             continue
         _metric_for(model, layer, name, value, metric, listed)
-        _, _, args, kwargs, dropped = step.results[id(value)]
-        if dropped:
+    for _, metric, args, kwargs, deferred in step.results.values():
+        if deferred:
             metric.update_state(*args, **kwargs)
 
 
@@ -207,11 +207,15 @@ def _compute_loss(listed):
     def wrapper(wrapped, instance, args, kwargs):
         loss = wrapped(*args, **kwargs)
         step = getattr(_local, "step", None)
-        if _config.mode is None or step is None or not step.records:
+        if _config.mode is None or step is None or not (step.records or step.results):
             return loss
         from keras.src import backend
 
-        if step.entry is instance or (step.entry is None and backend.in_stateless_scope()):
+        # The step's own forward pass: on JAX its values wait, outside the
+        # step's scope, for the scope `stateless_compute_loss` opens; a
+        # symbolic `compute_loss` (in a scope too) must not take up a direct
+        # call's values.
+        if (step.entry is None) == backend.in_stateless_scope() and step.entry in (None, instance):
             _local.step = None
             _update(instance, step, listed)
         return loss
