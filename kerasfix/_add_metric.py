@@ -171,6 +171,7 @@ def _metric_for(model, layer, name, value, metric, listed):
         raise _clash(name, len(others) + 1)
     if metric is None:
         from keras.src import backend, metrics
+        from keras.src.backend.common.variables import standardize_dtype
 
         if backend.in_stateless_scope():
             raise ValueError(
@@ -181,7 +182,7 @@ def _metric_for(model, layer, name, value, metric, listed):
                 "`fit`/`evaluate`; make sure that call reaches `add_metric` "
                 "(with `training=True` and `False`)."
             )
-        dtype = backend.standardize_dtype(getattr(value, "dtype", None) or "float32")
+        dtype = standardize_dtype(getattr(value, "dtype", None) or "float32")
         metric = metrics.Mean(name=name, dtype=dtype if "float" in dtype else None)
     ours = not any(m is metric for m in listed(model))
     added[name] = _Added(metric, layer, ours)
@@ -240,6 +241,7 @@ def _first_batch(iterator, data_batch):
 
 def _symbolic(value):
     from keras.src import backend
+    from keras.src.backend.common.variables import standardize_dtype
 
     if isinstance(value, dict):
         return {k: _symbolic(v) for k, v in value.items()}
@@ -247,7 +249,7 @@ def _symbolic(value):
         return type(value)(_symbolic(v) for v in value)
     if value is None:
         return None
-    return backend.KerasTensor(value.shape, backend.standardize_dtype(value.dtype))
+    return backend.KerasTensor(value.shape, standardize_dtype(value.dtype))
 
 
 def _symbolic_build(listed):
