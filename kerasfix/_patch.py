@@ -9,7 +9,7 @@ wrong there is undone and reported as a declined patch, never raised out of
 import importlib
 import sys
 
-from kerasfix import _adapters, _config, _loss_metrics, _wrapping
+from kerasfix import _adapters, _add_metric, _config, _loss_metrics, _wrapping
 from kerasfix._config import KerasfixError
 
 _adapter = None  # the layout found when the patch went in
@@ -28,6 +28,7 @@ def _install(trainer_module):
     if adapter is not None:
         trainer = _adapters.base_trainer(trainer_module)
         _loss_metrics.install(adapter, compile_utils, trainer, loss)
+        _add_metric.install(trainer)
     return adapter, why
 
 
@@ -63,6 +64,7 @@ def _version():
 
 def _undo():
     _loss_metrics.uninstall()
+    _add_metric.uninstall()
     _wrapping.restore()
 
 

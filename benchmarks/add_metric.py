@@ -1,0 +1,199 @@
+"""What `add_metric` costs a training step, measured; prints figures and goals.
+
+    KERAS_BACKEND=jax python benchmarks/add_metric.py [--rounds 15 --steps 20]
+
+In one process, two models with the same layers take turns training,
+`--steps` steps per turn for `--rounds` turns. Both log two values of their
+hidden layer (its mean activation, one scalar per step, and its per-sample
+squared norm):
+
+- add_metric: a layer calls `self.add_metric(...)` twice (kerasfix on);
+- keras3: the Keras 3 way, two `Mean` trackers updated in a custom
+  `train_step` written for this backend.
+
+A Python loss function counts how often each model's step is traced.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+FEATURES, HIDDEN, BATCH = 64, 512, 128
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="kerasfix add_metric overhead")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import kerasfix
+
+    kerasfix.enable()
+    import keras
+    from keras import ops
+
+    backend = keras.config.backend()
+    traces = {"add_metric": 0, "keras3": 0}
+
+    class Hidden(keras.layers.Layer):
+        def __init__(self, log, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(HIDDEN, activation="relu")
+            self.log = log
+
+        def call(self, x):
+            h = self.dense(x)
+            if self.log:
+                self.add_metric(ops.mean(h), name="activation")
+                self.add_metric(ops.sum(ops.square(h), axis=-1), name="norm")
+            return h
+
+    class Keras3(keras.Model):
+        """Two trackers updated in a custom train_step, per backend."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.hidden = Hidden(False)
+            self.out = keras.layers.Dense(1)
+            self.activation = keras.metrics.Mean(name="activation")
+            self.norm = keras.metrics.Mean(name="norm")
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+        def _log(self, x):
+            h = self.hidden.dense(x)
+            self.activation.update_state(ops.mean(h))
+            self.norm.update_state(ops.sum(ops.square(h), axis=-1))
+
+        if backend == "tensorflow":
+
+            def train_step(self, data):
+                import tensorflow as tf
+
+                x, y = data
+                with tf.GradientTape() as tape:
+                    h = self.hidden.dense(x)
+                    y_pred = self.out(h)
+                    loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+                grads = tape.gradient(loss, self.trainable_variables)
+                self.optimizer.apply(grads, self.trainable_variables)
+                self.activation.update_state(ops.mean(h))
+                self.norm.update_state(ops.sum(ops.square(h), axis=-1))
+                return self.compute_metrics(x, y, y_pred)
+
+        elif backend == "torch":
+
+            def train_step(self, data):
+                x, y = data
+                self.zero_grad()
+                h = self.hidden.dense(x)
+                y_pred = self.out(h)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+                loss.backward()
+                variables = self.trainable_weights
+                self.optimizer.apply([v.value.grad for v in variables], variables)
+                self.activation.update_state(ops.mean(h.detach()))
+                self.norm.update_state(ops.sum(ops.square(h.detach()), axis=-1))
+                return self.compute_metrics(x, y, y_pred)
+
+        else:
+
+            def train_step(self, state, data):
+                import jax
+
+                trainable, non_trainable, opt_vars, metric_vars = state
+                x, y = data
+
+                def loss_fn(trainable):
+                    y_pred, nt = self.stateless_call(trainable, non_trainable, x)
+                    h, _ = self.hidden.dense.stateless_call(
+                        trainable[:2], [], x
+                    )
+                    loss, _ = self.stateless_compute_loss(
+                        trainable, nt, metric_vars, x=x, y=y, y_pred=y_pred
+                    )
+                    return loss, (y_pred, nt, h)
+
+                (loss, (y_pred, nt, h)), grads = jax.value_and_grad(
+                    loss_fn, has_aux=True
+                )(trainable)
+                trainable, opt_vars = self.optimizer.stateless_apply(
+                    opt_vars, grads, trainable
+                )
+                mapping = list(zip(self.metrics_variables, metric_vars))
+                with keras.StatelessScope(state_mapping=mapping) as scope:
+                    self._loss_tracker.update_state(loss, sample_weight=x.shape[0])
+                    self.activation.update_state(ops.mean(h))
+                    self.norm.update_state(ops.sum(ops.square(h), axis=-1))
+                    logs = self.compute_metrics(x, y, y_pred)
+                metric_vars = [scope.get_current_value(v) for v in self.metrics_variables]
+                return logs, (trainable, nt, opt_vars, metric_vars)
+
+    def counted(name):
+        def mse(y_true, y_pred):
+            traces[name] += 1
+            return ops.mean(ops.square(y_true - y_pred), axis=-1)
+
+        return mse
+
+    def model(name):
+        keras.utils.set_random_seed(0)
+        if name == "keras3":
+            m = Keras3()
+        else:
+            inp = keras.Input((FEATURES,))
+            m = keras.Model(inp, keras.layers.Dense(1)(Hidden(True)(inp)))
+        m.compile(keras.optimizers.SGD(0.01), loss=counted(name))
+        return m
+
+    rng = np.random.default_rng(0)
+    n = BATCH * args.steps
+    x = rng.normal(size=(n, FEATURES)).astype("float32")
+    y = rng.normal(size=(n, 1)).astype("float32")
+
+    def turn(m):
+        start = time.perf_counter()
+        logs = m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        return (time.perf_counter() - start) / args.steps, logs.history
+
+    models = {name: model(name) for name in ("keras3", "add_metric")}
+    logged = {name: sorted(turn(m)[1]) for name, m in models.items()}
+    first_traces = dict(traces)
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, m in models.items():
+            times[name].append(turn(m)[0])
+    median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    ratio = median["add_metric"] / median["keras3"]
+    limit = 1.05 if backend == "torch" else 1.02
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "keras": keras.__version__,
+        "backend": backend,
+        "median_step_ms": {k: round(v, 3) for k, v in median.items()},
+        "add_metric/keras3": round(ratio, 4),
+        "logged": logged,
+        "traces": traces,
+    }
+    print(json.dumps(report, indent=1))
+    goals = [
+        (f"add_metric/keras3 <= {limit}", ratio <= limit),
+        ("both log activation and norm", logged["add_metric"] == logged["keras3"]),
+        ("same number of traces", traces["add_metric"] == traces["keras3"]),
+        ("no retracing after the first turn", traces == first_traces or backend == "torch"),
+    ]
+    for goal, met in goals:
+        print(f"{'met ' if met else 'MISSED'}  {goal}")
+    return 0 if all(met for _, met in goals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

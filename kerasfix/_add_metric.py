@@ -1,0 +1,318 @@
+"""Keras 2's `Layer.add_metric(value, name)` inside `call()`, on Keras 3.
+
+`add_metric` only notes its value while the model runs forward, as Keras 3's
+`add_loss` does. The model's `compute_loss`, which every train and test step
+calls after the forward pass, then updates one `Mean` per name: on JAX it
+runs inside the scope that carries metric variables out of the compiled
+step. Outside a step (predict, a direct call) nothing takes the values up.
+
+A forward pass is told apart by what Keras itself keeps: on JAX the step's
+`StatelessScope` collects losses (no other scope does); elsewhere the
+outermost layer call's `CallContext`, whose entry layer is the model. Keras
+clears a layer's losses as an outermost call begins, and so does kerasfix
+with the values.
+
+The `Mean`s belong to the model being trained, listed after its own
+metrics (as Keras 2 listed them), so they are reset each epoch and logged
+as `name` and `val_name`. They are made before the first step is traced,
+by calling the model symbolically on a batch.
+"""
+
+import threading
+import weakref
+
+from kerasfix import _adapters, _config, _wrapping
+
+_layout = None  # the add_metric layout found when the patch went in
+_local = threading.local()  # .step: _Pass of the forward pass running, .discovery
+_added = weakref.WeakKeyDictionary()  # model -> {name: _Added}
+_discovered = weakref.WeakSet()  # models already called symbolically
+
+
+class _Pass:
+    """The values one forward pass gave `add_metric`."""
+
+    def __init__(self, token, entry):
+        self.token = token  # the JAX step's scope, or the outermost CallContext
+        self.entry = entry  # the model called (None on JAX)
+        self.records = []  # (layer, name, value, metric)
+        self.results = {}  # id(result) -> (result, metric, args, kwargs, dropped)
+
+
+class _Added:
+    """One name's `Mean` (or the user's `Metric`) and the layer that added it."""
+
+    def __init__(self, metric, layer, ours):
+        self.metric = metric
+        self.layer = layer
+        self.ours = ours  # listed by kerasfix, not by Keras
+
+
+def _current_pass():
+    """The `_Pass` of the forward pass running, or None outside one."""
+    discovery = getattr(_local, "discovery", None)
+    if discovery is not None:
+        return discovery
+    from keras.src import backend
+    from keras.src.backend.common import global_state
+
+    if backend.in_stateless_scope():
+        scope = backend.get_stateless_scope()
+        if not scope.collect_losses:
+            return None  # a symbolic or predict pass
+        token, entry = scope, None
+    else:
+        token = global_state.get_global_attribute("current_call_ctx")
+        if token is None:
+            return None
+        entry = token.entry_layer
+    step = getattr(_local, "step", None)
+    if step is None or step.token is not token:
+        step = _local.step = _Pass(token, entry)
+    return step
+
+
+def _check_arguments(value, name, kwargs, metric):
+    # Keras 2's checks and messages, in Keras 2's order.
+    if len(kwargs) > 1 or (kwargs and "aggregation" not in kwargs):
+        raise TypeError(
+            f"Unknown keyword arguments: {kwargs.keys()}. Expected `aggregation`."
+        )
+    aggregation = kwargs.get("aggregation")
+    if aggregation is not None and aggregation != "mean":
+        raise ValueError(
+            "We currently support only `mean` sample-wise metric "
+            f"aggregation. You provided aggregation=`{aggregation}`"
+        )
+    if name is None and metric is None:
+        raise ValueError(
+            "Please provide a name for your metric like "
+            "`self.add_metric(ops.sum(inputs), name='mean_activation')`"
+        )
+
+
+def _add_metric(wrapped, instance, args, kwargs):
+    if _config.mode is None:
+        return wrapped(*args, **kwargs)
+    return _add(instance, *args, **kwargs)
+
+
+def _add(layer, value, name=None, **kwargs):
+    from keras.src import backend
+
+    step = _current_pass()
+    if step is None:
+        if backend.is_keras_tensor(value):
+            raise ValueError(
+                "`add_metric()` on a symbolic tensor of a functional model is "
+                "not supported in Keras 3 (nor is a symbolic `add_loss()`). "
+                "Compute the value inside a layer's `call()` and call "
+                "`self.add_metric(value, name=...)` there (a layer that "
+                "returns its input unchanged will do), or pass a metric to "
+                "`compile(metrics=[...])`."
+            )
+        return  # predict or a direct call: Keras 2's value is not asked for
+    result = step.results.get(id(value))
+    metric = result[1] if result is not None and result[0] is value else None
+    _check_arguments(value, name, kwargs, metric)
+    step.records.append((layer, metric.name if metric else name, value, metric))
+
+
+def _note_result(wrapped, instance, args, kwargs):
+    # `add_metric(self.mean(x))` passes a Metric's result: Keras 2 logged
+    # that Metric itself. In JAX's forward pass the Metric's variables are
+    # not in the scope (Keras cannot update them there): its update waits
+    # for the scope that carries them, and the call returns a placeholder.
+    step = _current_pass() if _config.mode is not None else None
+    if step is None:
+        return wrapped(*args, **kwargs)
+    from keras.src import backend, ops
+
+    deferred = backend.in_stateless_scope() and step is not getattr(_local, "discovery", None)
+    result = ops.zeros((), dtype=instance.dtype) if deferred else wrapped(*args, **kwargs)
+    step.results[id(result)] = (result, instance, args, kwargs, deferred)
+    return result
+
+
+def _clear_losses(wrapped, instance, args, kwargs):
+    # An outermost call begins (on JAX every sublayer call is one, inside
+    # the step's scope, which then keeps the values instead).
+    from keras.src import backend
+
+    if not backend.in_stateless_scope():
+        _local.step = None
+    return wrapped(*args, **kwargs)
+
+
+def _clash(name, count):
+    return ValueError(
+        "Please provide different names for the metrics you have added. "
+        f'We found {count} metrics with the name: "{name}". '
+        "Give each `add_metric()` call (and each metric of the model) its own name."
+    )
+
+
+def _own_metrics(model):
+    """kerasfix's metrics of `model`, in the order they were added."""
+    added = _added.get(model)
+    return [a.metric for a in added.values() if a.ours] if added else []
+
+
+def _metric_for(model, layer, name, value, metric, listed):
+    """The metric `name` stands for in `model`, made on first sight."""
+    added = _added.setdefault(model, {})
+    known = added.get(name)
+    if known is not None:
+        if known.layer is not layer or (metric is not None and known.metric is not metric):
+            raise _clash(name, 2)
+        return known.metric
+    others = [m for m in listed(model) if m.name == name and m is not metric]
+    if others:
+        raise _clash(name, len(others) + 1)
+    if metric is None:
+        from keras.src import backend, metrics
+        from keras.src.backend.common.variables import standardize_dtype
+
+        if backend.in_stateless_scope():
+            raise ValueError(
+                f"kerasfix could not create the metric of `add_metric(name="
+                f"{name!r})`: it was first called inside a compiled JAX step, "
+                "where no variable can be made. kerasfix makes these metrics "
+                "by calling the model symbolically on the first batch of "
+                "`fit`/`evaluate`; make sure that call reaches `add_metric` "
+                "(with `training=True` and `False`)."
+            )
+        dtype = standardize_dtype(getattr(value, "dtype", None) or "float32")
+        metric = metrics.Mean(name=name, dtype=dtype if "float" in dtype else None)
+    ours = not any(m is metric for m in listed(model))
+    added[name] = _Added(metric, layer, ours)
+    return metric
+
+
+def _update(model, step, listed):
+    from keras.src import ops
+
+    for layer, name, value, metric in step.records:
+        if metric is None:
+            # Keras 2's Mean counted every element of the value once.
+            mean = _metric_for(model, layer, name, value, None, listed)
+            mean.update_state(ops.reshape(value, (-1,)))
+            continue
+        _metric_for(model, layer, name, value, metric, listed)
+    for _, metric, args, kwargs, deferred in step.results.values():
+        if deferred:
+            metric.update_state(*args, **kwargs)
+
+
+def _compute_loss(listed):
+    def wrapper(wrapped, instance, args, kwargs):
+        loss = wrapped(*args, **kwargs)
+        step = getattr(_local, "step", None)
+        if _config.mode is None or step is None or not (step.records or step.results):
+            return loss
+        from keras.src import backend
+
+        # The step's own forward pass: on JAX its values wait, outside the
+        # step's scope, for the scope `stateless_compute_loss` opens; a
+        # symbolic `compute_loss` (in a scope too) must not take up a direct
+        # call's values.
+        if (step.entry is None) == backend.in_stateless_scope() and step.entry in (None, instance):
+            _local.step = None
+            _update(instance, step, listed)
+        return loss
+
+    return wrapper
+
+
+def _trainer_metrics(fget, instance):
+    metrics = fget(instance)
+    ours = _own_metrics(instance)
+    return metrics + ours if ours else metrics
+
+
+def _first_batch(iterator, data_batch):
+    if data_batch is not None:
+        return data_batch
+    for item in iterator.enumerate_epoch():
+        data = item[-1]  # (step, data) up to 3.6, (begin, end, data) after
+        return data[0] if isinstance(data, (list, tuple)) else next(data)
+    return None
+
+
+def _symbolic(value):
+    from keras.src import backend
+    from keras.src.backend.common.variables import standardize_dtype
+
+    if isinstance(value, dict):
+        return {k: _symbolic(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_symbolic(v) for v in value)
+    if value is None:
+        return None
+    return backend.KerasTensor(value.shape, standardize_dtype(value.dtype))
+
+
+def _symbolic_build(listed):
+    def wrapper(wrapped, instance, args, kwargs):
+        # JAX traces a step with the metric variables that exist before it:
+        # call the model symbolically once to meet its add_metric names.
+        result = wrapped(*args, **kwargs)
+        if _config.mode is None or instance in _discovered:
+            return result
+        _discovered.add(instance)
+
+        def bind(iterator=None, data_batch=None):
+            return iterator, data_batch
+
+        batch = _first_batch(*bind(*args, **kwargs))
+        if batch is None:
+            return result
+        _discover(instance, batch, listed)
+        return result
+
+    return wrapper
+
+
+def _discover(model, batch, listed):
+    from keras.src import backend
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(_symbolic(batch))
+    step = _local.discovery = _Pass(None, model)
+    try:
+        if getattr(model, "_call_has_training_arg", False):
+            for training in (True, False):
+                backend.compute_output_spec(model, x, training=training)
+        else:
+            backend.compute_output_spec(model, x)
+    finally:
+        _local.discovery = None
+    for layer, name, value, metric in step.records:
+        _metric_for(model, layer, name, value, metric, listed)
+
+
+def install(trainer):
+    """Wraps what `add_metric` needs on this release, where it is known."""
+    global _layout
+    import importlib
+
+    layer_module = importlib.import_module(_adapters.LAYER)
+    metric_module = importlib.import_module(_adapters.METRIC)
+    layout, why = _adapters.detect_add_metric(layer_module)
+    if layout is None:
+        _config.warn_once(f"kerasfix left Keras's `add_metric` alone: {why}.")
+        return
+    _layout = layout
+    listed = trainer.metrics.fget  # Keras's own list, before ours is added
+    _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
+    _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
+    _wrapping.wrap_method(metric_module.Metric, "__call__", _note_result)
+    _wrapping.wrap_method(trainer, "compute_loss", _compute_loss(listed))
+    _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build(listed))
+    _wrapping.wrap_property(trainer, "metrics", _trainer_metrics)
+
+
+def uninstall():
+    global _layout
+    _layout = None
+    _local.step = None

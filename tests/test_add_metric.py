@@ -1,0 +1,280 @@
+"""`Layer.add_metric` inside `call()`, against tf-keras (Keras 2) and numpy."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import support
+
+N, BATCH, EPOCHS = 20, 8, 3  # the last batch of each epoch is short (4)
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(N, 4)).astype("float32"), rng.normal(size=(8, 4)).astype("float32")
+
+
+def _vae_classes(k, ops):
+    """The issue's VAE-like model in `k` (Keras 3 or tf-keras)."""
+
+    class Encoder(k.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.z_mean = k.layers.Dense(2)
+            self.z_log_var = k.layers.Dense(2)
+
+        def call(self, x):
+            z_mean, z_log_var = self.z_mean(x), self.z_log_var(x)
+            kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), -1)
+            self.add_loss(0.1 * ops.mean(kl))
+            self.add_metric(kl, name="kl_loss")
+            return z_mean  # no sampling: the oracle needs a deterministic model
+
+    class VAE(k.Model):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+            self.decoder = k.layers.Dense(4)
+
+        def call(self, x):
+            return self.decoder(self.encoder(x))
+
+    return Encoder, VAE
+
+
+def _keras3_vae(functional=False):
+    import keras
+
+    Encoder, VAE = _vae_classes(keras, keras.ops)
+    if functional:
+        inp = keras.Input((4,))
+        return keras.Model(inp, keras.layers.Dense(4)(Encoder()(inp)))
+    model = VAE()
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
+def _tf_keras_vae(functional=False):
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    class Ops:  # the few ops the model uses, from TensorFlow
+        sum, square, exp = staticmethod(tf.reduce_sum), staticmethod(tf.square), staticmethod(tf.exp)
+        mean = staticmethod(tf.reduce_mean)
+
+    Encoder, VAE = _vae_classes(tf_keras, Ops)
+    if functional:
+        inp = tf_keras.Input((4,))
+        return tf_keras, tf_keras.Model(inp, tf_keras.layers.Dense(4)(Encoder()(inp)))
+    model = VAE()
+    model(np.zeros((1, 4), "float32"))
+    return tf_keras, model
+
+
+def _fit(k, model, run_eagerly=False):
+    x, x_val = _data()
+    model.compile(
+        optimizer=k.optimizers.SGD(0.05),
+        loss="mse",
+        metrics=[k.metrics.MeanAbsoluteError(name="reconstruction")],
+        run_eagerly=run_eagerly,
+    )
+    history = model.fit(
+        x, x, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+        validation_data=(x_val, x_val),
+    )
+    return history.history
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("functional", [False, True], ids=["subclassed", "functional"])
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["compiled", "eager"])
+def test_vae_logs_what_tf_keras_logs(patched, functional, run_eagerly):
+    if run_eagerly and support.backend() != "tensorflow":
+        pytest.skip("run_eagerly is compared on TensorFlow only")
+    tf_keras, oracle = _tf_keras_vae(functional)
+    model = _keras3_vae(functional)
+    weights = oracle.get_weights()
+    assert [w.shape for w in weights] == [tuple(w.shape) for w in model.get_weights()]
+    model.set_weights(weights)
+    expected = _fit(tf_keras, oracle, run_eagerly)
+    got = _fit(__import__("keras"), model, run_eagerly)
+    assert set(got) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, err_msg=name)
+    assert {"kl_loss", "val_kl_loss"} <= set(got)
+
+
+def test_add_metric_is_listed_in_metrics_and_metrics_names(patched):
+    model = _keras3_vae()
+    _fit(__import__("keras"), model)
+    assert [m.name for m in model.metrics][-1] == "kl_loss"
+    assert model.metrics_names[-1] == "kl_loss"
+
+
+def test_evaluate_train_on_batch_and_test_on_batch_log_it(patched):
+    import keras
+
+    x, _ = _data()
+    model = _keras3_vae()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    kl = _kl_numpy(model, x)
+    assert model.evaluate(x, x, batch_size=BATCH, verbose=0, return_dict=True)["kl_loss"] == pytest.approx(kl, rel=1e-5)
+    assert model.test_on_batch(x, x, return_dict=True)["kl_loss"] == pytest.approx(kl, rel=1e-5)
+    assert model.train_on_batch(x, x, return_dict=True)["kl_loss"] == pytest.approx(kl, rel=1e-5)
+
+
+def _kl_numpy(model, x):
+    import keras
+
+    enc = model.encoder
+    m = keras.ops.convert_to_numpy(enc.z_mean(x))
+    lv = keras.ops.convert_to_numpy(enc.z_log_var(x))
+    return float(np.mean(-0.5 * np.sum(1 + lv - m**2 - np.exp(lv), -1)))
+
+
+def test_predict_and_direct_calls_do_nothing(patched):
+    model = _keras3_vae()
+    x, _ = _data()
+    model.predict(x, verbose=0)
+    model(x)
+    assert "kl_loss" not in [m.name for m in model.metrics]
+
+
+def _probe(values_per_call, names):
+    """A model whose layer adds `values_per_call` (functions of x) under `names`."""
+    import keras
+
+    class Probe(keras.layers.Layer):
+        def call(self, x):
+            for f, name in zip(values_per_call, names):
+                self.add_metric(f(x), name=name)
+            return x
+
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1)(Probe()(inp)))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    return model
+
+
+_VALUES = {
+    "scalar": (lambda ops: lambda x: ops.sum(x), lambda x: [x.sum()]),
+    "per_sample": (lambda ops: lambda x: ops.mean(x, axis=-1), lambda x: list(x.mean(-1))),
+    "per_element": (lambda ops: lambda x: x * 2.0, lambda x: list((x * 2.0).ravel())),
+}
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 13),
+    batch=st.integers(1, 6),
+    kinds=st.lists(st.sampled_from(sorted(_VALUES)), min_size=1, max_size=3),
+    shared=st.booleans(),
+)
+def test_aggregation_matches_keras_2_mean(patched, n, batch, kinds, shared):
+    import keras
+
+    x = np.random.default_rng(n).normal(size=(n, 3)).astype("float32")
+    names = ["m"] * len(kinds) if shared else [f"m{i}" for i in range(len(kinds))]
+    model = _probe([_VALUES[k][0](keras.ops) for k in kinds], names)
+    logs = model.evaluate(x, np.zeros((n, 1)), batch_size=batch, verbose=0, return_dict=True)
+    expected = {}
+    for start in range(0, n, batch):
+        xb = x[start:start + batch].astype("float64")
+        for kind, name in zip(kinds, names):
+            expected.setdefault(name, []).extend(_VALUES[kind][1](xb))
+    for name, seen in expected.items():
+        assert logs[name] == pytest.approx(np.mean(seen), rel=1e-4, abs=1e-5)
+
+
+def test_a_metric_result_is_logged_under_the_metric_name(patched):
+    import keras
+
+    class WithMean(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.activation_mean = keras.metrics.Mean(name="activation_mean")
+
+        def call(self, x):
+            self.add_metric(self.activation_mean(x))
+            return x
+
+    x, _ = _data()
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(1)(WithMean()(inp)))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    logs = model.evaluate(x, np.zeros((N, 1)), batch_size=BATCH, verbose=0, return_dict=True)
+    assert logs["activation_mean"] == pytest.approx(float(x.mean()), rel=1e-5)
+    assert [m.name for m in model.metrics].count("activation_mean") == 1
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda self, x: self.add_metric(x), ValueError, "Please provide a name for your metric"),
+        (lambda self, x: self.add_metric(x, name="a", aggregation="sum"), ValueError,
+         "We currently support only `mean` sample-wise metric aggregation. You provided aggregation=`sum`"),
+        (lambda self, x: self.add_metric(x, name="a", reduce="sum"), TypeError, "Unknown keyword arguments"),
+        (lambda self, x: self.add_metric(x, name="loss"), ValueError,
+         'Please provide different names for the metrics you have added. We found 2 metrics with the name: "loss"'),
+    ],
+    ids=["no-name", "aggregation", "keyword", "clash"],
+)
+def test_misuse_raises_keras_2_errors(patched, call, error, message):
+    import keras
+
+    class Bad(keras.layers.Layer):
+        def call(self, x):
+            call(self, x)
+            return x
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(1)(Bad()(inp)))
+    model.compile(optimizer="sgd", loss="mse")
+    x, _ = _data()
+    with pytest.raises(error, match=message.replace("(", r"\(").replace("`", ".")):
+        model.fit(x, np.zeros((N, 1)), verbose=0)
+
+
+def test_same_name_from_two_layers_clashes(patched):
+    import keras
+
+    class Adds(keras.layers.Layer):
+        def call(self, x):
+            self.add_metric(keras.ops.sum(x), name="same")
+            return x
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, Adds()(Adds()(inp)))
+    model.compile(optimizer="sgd", loss="mse")
+    x, _ = _data()
+    with pytest.raises(ValueError, match='We found 2 metrics with the name: "same"'):
+        model.fit(x, x, verbose=0)
+
+
+def test_symbolic_add_metric_on_a_functional_model_says_what_to_do(patched):
+    import keras
+
+    inp = keras.Input((4,))
+    out = keras.layers.Dense(1)(inp)
+    model = keras.Model(inp, out)
+    with pytest.raises(ValueError, match="inside a layer's `call\\(\\)`"):
+        model.add_metric(keras.ops.sum(out), name="total")
+
+
+def test_off_keras_own_not_implemented_error(patch_supported):
+    import keras
+
+    import kerasfix
+
+    def keras_error():
+        # 3.0-3.4's `add_metric(self)` takes no value: a TypeError first.
+        with pytest.raises((NotImplementedError, TypeError)) as error:
+            keras.layers.Dense(1).add_metric(np.zeros(1), name="x")
+        return type(error.value), str(error.value)
+
+    before = keras_error()
+    kerasfix.enable()
+    kerasfix.disable()
+    assert keras_error() == before
