@@ -2,14 +2,17 @@
 
     KERAS_BACKEND=jax python benchmarks/add_metric.py [--rounds 15 --steps 20]
 
-In one process, two models with the same layers take turns training,
-`--steps` steps per turn for `--rounds` turns. Both log two values of their
-hidden layer (its mean activation, one scalar per step, and its per-sample
-squared norm):
+In one process, two subclassed models with the same layers, called the
+same way, take turns training, `--steps` steps per turn for `--rounds`
+turns. Both log two values of their output (its mean, one scalar per step,
+and its per-sample squared norm):
 
-- add_metric: a layer calls `self.add_metric(...)` twice (kerasfix on);
+- add_metric: the output layer calls `self.add_metric(...)` twice (kerasfix
+  on), with Keras's own `train_step`;
 - keras3: the Keras 3 way, two `Mean` trackers updated in a custom
-  `train_step` written for this backend.
+  `train_step` written for this backend;
+- unlogged (for reference, no goal): the same model logging nothing, with
+  Keras's own `train_step`.
 
 A Python loss function counts how often each model's step is traced.
 """
@@ -40,38 +43,45 @@ def main(argv=None):
     from keras import ops
 
     backend = keras.config.backend()
-    traces = {"add_metric": 0, "keras3": 0}
+    traces = {"add_metric": 0, "keras3": 0, "unlogged": 0}
 
-    class Hidden(keras.layers.Layer):
+    class Head(keras.layers.Layer):
+        """The output layer; with `log`, it logs two values of its output."""
+
         def __init__(self, log, **kwargs):
             super().__init__(**kwargs)
-            self.dense = keras.layers.Dense(HIDDEN, activation="relu")
+            self.dense = keras.layers.Dense(1)
             self.log = log
 
-        def call(self, x):
-            h = self.dense(x)
+        def call(self, h):
+            y = self.dense(h)
             if self.log:
-                self.add_metric(ops.mean(h), name="activation")
-                self.add_metric(ops.sum(ops.square(h), axis=-1), name="norm")
-            return h
+                self.add_metric(ops.mean(y), name="activation")
+                self.add_metric(ops.sum(ops.square(y), axis=-1), name="norm")
+            return y
 
-    class Keras3(keras.Model):
+    class Net(keras.Model):
+        """The same layers, called the same way, in both models."""
+
+        def __init__(self, log, **kwargs):
+            super().__init__(**kwargs)
+            self.hidden = keras.layers.Dense(HIDDEN, activation="relu")
+            self.head = Head(log)
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    class Keras3(Net):
         """Two trackers updated in a custom train_step, per backend."""
 
         def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.hidden = Hidden(False)
-            self.out = keras.layers.Dense(1)
+            super().__init__(False, **kwargs)
             self.activation = keras.metrics.Mean(name="activation")
             self.norm = keras.metrics.Mean(name="norm")
 
-        def call(self, x):
-            return self.out(self.hidden(x))
-
-        def _log(self, x):
-            h = self.hidden.dense(x)
-            self.activation.update_state(ops.mean(h))
-            self.norm.update_state(ops.sum(ops.square(h), axis=-1))
+        def _log(self, y_pred):
+            self.activation.update_state(ops.mean(y_pred))
+            self.norm.update_state(ops.sum(ops.square(y_pred), axis=-1))
 
         if backend == "tensorflow":
 
@@ -80,13 +90,11 @@ def main(argv=None):
 
                 x, y = data
                 with tf.GradientTape() as tape:
-                    h = self.hidden.dense(x)
-                    y_pred = self.out(h)
+                    y_pred = self(x, training=True)
                     loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
                 grads = tape.gradient(loss, self.trainable_variables)
                 self.optimizer.apply(grads, self.trainable_variables)
-                self.activation.update_state(ops.mean(h))
-                self.norm.update_state(ops.sum(ops.square(h), axis=-1))
+                self._log(y_pred)
                 return self.compute_metrics(x, y, y_pred)
 
         elif backend == "torch":
@@ -94,14 +102,12 @@ def main(argv=None):
             def train_step(self, data):
                 x, y = data
                 self.zero_grad()
-                h = self.hidden.dense(x)
-                y_pred = self.out(h)
+                y_pred = self(x, training=True)
                 loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
                 loss.backward()
                 variables = self.trainable_weights
                 self.optimizer.apply([v.value.grad for v in variables], variables)
-                self.activation.update_state(ops.mean(h.detach()))
-                self.norm.update_state(ops.sum(ops.square(h.detach()), axis=-1))
+                self._log(y_pred.detach())
                 return self.compute_metrics(x, y, y_pred)
 
         else:
@@ -113,16 +119,15 @@ def main(argv=None):
                 x, y = data
 
                 def loss_fn(trainable):
-                    y_pred, nt = self.stateless_call(trainable, non_trainable, x)
-                    h, _ = self.hidden.dense.stateless_call(
-                        trainable[:2], [], x
+                    y_pred, nt = self.stateless_call(
+                        trainable, non_trainable, x, training=True
                     )
                     loss, _ = self.stateless_compute_loss(
                         trainable, nt, metric_vars, x=x, y=y, y_pred=y_pred
                     )
-                    return loss, (y_pred, nt, h)
+                    return loss, (y_pred, nt)
 
-                (loss, (y_pred, nt, h)), grads = jax.value_and_grad(
+                (loss, (y_pred, nt)), grads = jax.value_and_grad(
                     loss_fn, has_aux=True
                 )(trainable)
                 trainable, opt_vars = self.optimizer.stateless_apply(
@@ -131,8 +136,7 @@ def main(argv=None):
                 mapping = list(zip(self.metrics_variables, metric_vars))
                 with keras.StatelessScope(state_mapping=mapping) as scope:
                     self._loss_tracker.update_state(loss, sample_weight=x.shape[0])
-                    self.activation.update_state(ops.mean(h))
-                    self.norm.update_state(ops.sum(ops.square(h), axis=-1))
+                    self._log(y_pred)
                     logs = self.compute_metrics(x, y, y_pred)
                 metric_vars = [scope.get_current_value(v) for v in self.metrics_variables]
                 return logs, (trainable, nt, opt_vars, metric_vars)
@@ -146,11 +150,7 @@ def main(argv=None):
 
     def model(name):
         keras.utils.set_random_seed(0)
-        if name == "keras3":
-            m = Keras3()
-        else:
-            inp = keras.Input((FEATURES,))
-            m = keras.Model(inp, keras.layers.Dense(1)(Hidden(True)(inp)))
+        m = Keras3() if name == "keras3" else Net(name == "add_metric")
         m.compile(keras.optimizers.SGD(0.01), loss=counted(name))
         return m
 
@@ -164,7 +164,7 @@ def main(argv=None):
         logs = m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         return (time.perf_counter() - start) / args.steps, logs.history
 
-    models = {name: model(name) for name in ("keras3", "add_metric")}
+    models = {name: model(name) for name in ("keras3", "add_metric", "unlogged")}
     logged = {name: sorted(turn(m)[1]) for name, m in models.items()}
     first_traces = dict(traces)
     times = {name: [] for name in models}
