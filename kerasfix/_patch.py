@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from kerasfix import _adapters, _config, _loss_metrics, _wrapping
+from kerasfix import _callbacks, _metrics_names
 from kerasfix._config import KerasfixError
 
 _adapter = None  # the layout found when the patch went in
@@ -28,6 +29,8 @@ def _install(trainer_module):
     if adapter is not None:
         trainer = _adapters.base_trainer(trainer_module)
         _loss_metrics.install(adapter, compile_utils, trainer, loss)
+        _metrics_names.install(trainer)
+        _callbacks.install(importlib.import_module(_adapters.CALLBACKS))
     return adapter, why
 
 
