@@ -28,12 +28,15 @@ def _in_keras2_order(model, names=None):
     not find there (every compiled metric's `<out>_<metric>`) after them,
     sorted; Keras 2 kept the compiled metrics in the order they were given.
     """
-    listed = [n for m in model.metrics for n in _result_names(m)]
+    listed, compiled = [], []
+    for metric in model.metrics:
+        returned = _result_names(metric)
+        listed += returned
+        if metric is getattr(model, "_compile_metrics", None):
+            compiled = returned
     if names is None:
         names = dict.fromkeys(listed)  # one value per name, as in the logs
     losses = _loss_metrics.metric_names(model)
-    compiled = getattr(model, "_compile_metrics", None)
-    compiled = _result_names(compiled) if compiled is not None else []
 
     def rank(name):
         if name == "loss":
