@@ -117,7 +117,7 @@ def test_each_built_in_callback_minimises_an_output_loss(patched, tmp_path, call
     assert instance.monitor_op(1.0, 2.0) and not instance.monitor_op(2.0, 1.0)
 
 
-def test_other_monitors_keep_kerases_error(patched, tmp_path):
+def test_other_monitors_keep_keras_error(patched, tmp_path):
     stop = keras.callbacks.EarlyStopping(monitor="val_gamma_loss")
     with pytest.raises(ValueError, match=NO_DIRECTION):
         train(keras, tmp_path, epochs=1, callbacks=[stop])
