@@ -15,6 +15,7 @@ LOSS = "keras.src.losses.loss"
 LAYER = "keras.src.layers.layer"
 METRIC = "keras.src.metrics.metric"
 VERSION = "keras.src.version"
+CALLBACKS = "keras.src.callbacks"
 
 
 _Fields = collections.namedtuple(
@@ -57,6 +58,19 @@ class FlatLists(_Adapter):
     def weight(self, compile_loss, index):
         return compile_loss.flat_loss_weights[index]
 
+    def metric_name(self, compile_loss, index):
+        """What this release calls loss `index`'s own per-output metric
+        (without `_loss`), or None where it makes none."""
+        entries = self.entries(compile_loss)
+        if not self.lists_loss_metrics or len(entries) < 2 or not entries[index]:
+            return None
+        # Keras 3.5-3.6: the output names when there is one per loss, else
+        # the loss's own name.
+        names = getattr(compile_loss, "inferred_output_names", None)
+        if names is not None and len(names) == len(entries):
+            return str(names[index])
+        return getattr(entries[index], "name", None)
+
 
 class PathTuples(_Adapter):
     """`(path, loss, loss_weights, name)` tuples in `_flat_losses`."""
@@ -78,6 +92,12 @@ class PathTuples(_Adapter):
 
     def weight(self, compile_loss, index):
         return compile_loss._flat_losses[index].loss_weights
+
+    def metric_name(self, compile_loss, index):
+        """What this release calls loss `index`'s own per-output metric
+        (without `_loss`), or None where it makes none."""
+        entries = self.entries(compile_loss)
+        return entries[index].name if len(entries) > 1 else None
 
 
 FLAT_LISTS = FlatLists("flat-lists", "3.0-3.4", False)
@@ -134,6 +154,25 @@ def base_trainer(trainer_module):
         and {"compile", "fit"} <= vars(value).keys()
     ]
     return found[0] if len(found) == 1 else None
+
+
+def direction_setters(callbacks_module):
+    """The built-in callbacks whose own `_set_monitor_op` infers, for
+    `mode="auto"`, whether the monitored value should go down or up.
+
+    Keras 3.0-3.6: `EarlyStopping` only; `ModelCheckpoint` and
+    `ReduceLROnPlateau` decide in `__init__` by Keras 2's own rule (up only
+    for names containing "acc"), which already minimises `<out>_loss`.
+    Keras 3.15+: `MonitorCallback`, the base of all three (and of
+    `OrbaxCheckpoint`). Found by the method, so a release that moves it
+    again is covered without a version check.
+    """
+    found = {
+        value
+        for value in vars(callbacks_module).values()
+        if isinstance(value, type) and "_set_monitor_op" in vars(value)
+    }
+    return sorted(found, key=lambda cls: cls.__name__)
 
 
 def _attributes_set(function):

@@ -9,7 +9,9 @@ runs, `CompileLoss.metrics` is a list of `None` as long as the losses, so
 upstream records nothing and (on 3.5-3.6) drops no loss from the total.
 """
 
+import sys
 import threading
+import warnings
 import weakref
 
 import wrapt
@@ -68,18 +70,20 @@ def _swap_loss_fns(compile_loss, adapter, swap):
             entries[index] = adapter.with_loss_fn(entry, swap(index, fn))
 
 
-def _make_metrics(compile_loss, tracked, y_pred, records):
-    """One Keras 2-named Mean per loss that ran, on the model's first call.
+def _make_metrics(compile_loss, tracked, y_pred, records, mode):
+    """One named Mean per loss that ran, on the model's first call.
 
-    Outputs are told apart by identity: the tensor a loss received is one
-    of the leaves of `y_pred` as the model returned it (the first one not
-    taken yet, as one tensor may be returned as several outputs). A loss
-    over several outputs at once (structured losses, which Keras 2 did not
-    have) keeps the name Keras 3 gives it.
+    Names are Keras 2's, or Keras 3.5-3.6's in `weighted` mode. Outputs are
+    told apart by identity: the tensor a loss received is one of the leaves
+    of `y_pred` as the model returned it (the first one not taken yet, as
+    one tensor may be returned as several outputs). A loss over several
+    outputs at once (structured losses, which Keras 2 did not have) keeps
+    the name Keras 3 gives it.
     """
     from keras.src import metrics
 
-    leaves, names = _names.keras2_names(compile_loss, y_pred)
+    naming = _names.keras36_names if mode == "weighted" else _names.keras2_names
+    leaves, names = naming(compile_loss, y_pred)
     entries = tracked.adapter.entries(compile_loss)
     tracked.metrics = [None] * len(entries)
     if len(leaves) < 2:
@@ -90,18 +94,44 @@ def _make_metrics(compile_loss, tracked, y_pred, records):
         same = [i for i, leaf in enumerate(leaves) if any(leaf is m for m in mine)]
         if len(mine) > 1:
             keras_name = tracked.adapter.keras_name(entries[index])
-            name = keras_name or "_".join(names[i] for i in same)
+            name = keras_name or "_".join(
+                names[i] or f"output_{i + 1}" for i in same
+            )
         elif same:
             pick = next((i for i in same if i not in taken), same[0])
             taken.add(pick)
-            name = names[pick]
+            # Keras 3.6 names an output it has no name for after its loss.
+            loss_name = getattr(tracked.adapter.loss_fn(entries[index]), "name", None)
+            name = names[pick] or loss_name or f"output_{pick + 1}"
         else:
             name = f"output_{index + 1}"
         name = _names.unique(name, used_names)
         used_names.append(name)
         tracked.metrics[index] = metrics.Mean(name=f"{name}_loss")
+    _warn_renamed(compile_loss, tracked, entries)
     if tracked.adapter is _adapters.FLAT_LISTS_METRICS:
         _warn_restored(entries, tracked)
+
+
+def _warn_renamed(compile_loss, tracked, entries):
+    # A monitor or dashboard on the running release's name would otherwise
+    # find nothing, silently; once per compiled model.
+    renamed = []
+    for index, metric in enumerate(tracked.metrics):
+        theirs = tracked.adapter.metric_name(compile_loss, index)
+        if metric is not None and theirs is not None:
+            if f"{theirs}_loss" != metric.name:
+                renamed.append(f"{theirs}_loss -> {metric.name}")
+    if renamed:
+        version = getattr(sys.modules.get(_adapters.VERSION), "__version__", "3")
+        warnings.warn(
+            f"kerasfix ({_config.mode} mode) names this model's per-output "
+            f"loss metrics differently from Keras {version}: "
+            f"{', '.join(renamed)} (and val_ likewise). Monitor the new "
+            "names; see kerasfix's README, 'Names'.",
+            _config.KerasfixWarning,
+            stacklevel=2,
+        )
 
 
 def _warn_restored(entries, tracked):
@@ -167,7 +197,7 @@ def _call(wrapped, instance, args, kwargs):
     finally:
         records, tracked.records = tracked.records, None
     if tracked.metrics is None:
-        _make_metrics(instance, tracked, y_pred, records)
+        _make_metrics(instance, tracked, y_pred, records, mode)
     _update_metrics(instance, tracked, records, mode)
     return total
 
@@ -191,6 +221,16 @@ def _metrics_of(compile_loss):
     if tracked is None or tracked.metrics is None:
         return []
     return [m for m in tracked.metrics if m is not None]
+
+
+def metric_names(model):
+    """The names of the per-output loss metrics kerasfix made for `model`
+    (without `val_`); empty where it made none."""
+    compile_loss = getattr(model, "_compile_loss", None)
+    tracked = _tracked.get(compile_loss) if compile_loss is not None else None
+    if tracked is None or tracked.metrics is None:
+        return []
+    return [m.name for m in tracked.metrics if m is not None]
 
 
 def _compile_loss_metrics(fget, instance):

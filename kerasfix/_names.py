@@ -32,6 +32,23 @@ def keras2_names(compile_loss, y_pred):
     return [leaf for leaf, _ in leaves], distinct
 
 
+def keras36_names(compile_loss, y_pred):
+    """Keras 3.5-3.6's name for each flat output, for `weighted` mode.
+
+    A dict's keys when the model returns a dict; else the model's output
+    names; None where the outputs are not named that way (Keras 3.6 then
+    names the metric after the loss, which the caller knows).
+    """
+    leaves = [leaf for leaf, _ in flatten_with_names(y_pred)]
+    if isinstance(y_pred, dict):
+        names = sorted(y_pred)
+    else:
+        names = compile_loss.output_names
+    if not names or len(names) != len(leaves):
+        names = [None] * len(leaves)
+    return leaves, [None if n is None else str(n) for n in names]
+
+
 def unique(name, taken):
     """`name`, or Keras 2's `name_1`, `name_2` ... if it is taken."""
     proposal, count = name, 0

@@ -9,7 +9,8 @@ wrong there is undone and reported as a declined patch, never raised out of
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_metric, _config, _loss_metrics, _wrapping
+from kerasfix import _adapters, _add_metric, _callbacks, _config
+from kerasfix import _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
 _adapter = None  # the layout found when the patch went in
@@ -29,6 +30,8 @@ def _install(trainer_module):
         trainer = _adapters.base_trainer(trainer_module)
         _loss_metrics.install(adapter, compile_utils, trainer, loss)
         _add_metric.install(trainer)
+        _metrics_names.install(trainer)
+        _callbacks.install(importlib.import_module(_adapters.CALLBACKS))
     return adapter, why
 
 

@@ -1,5 +1,7 @@
 """Metric names and values against tf-keras (Keras 2) on the same model."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -121,4 +123,125 @@ def test_names_and_values_equal_tf_keras(patch_supported, name):
     assert set(our_history) == set(their_history)
     assert without_total(our_history) == pytest.approx(
         without_total(their_history), rel=1e-5
+    )
+
+
+def age_gender(k):
+    inp = k.Input((4,))
+    return k.Model(
+        inp,
+        {
+            "age": k.layers.Dense(1, name="dense_age")(inp),
+            "gender": k.layers.Dense(1, name="dense_gender")(inp),
+        },
+    )
+
+
+def logged_names(build, loss, y, k=keras):
+    """The per-output loss names `fit` logs (validation included), or the
+    error this Keras raises for these compile arguments."""
+    x = data(20)[0]
+    model = build(k)
+    model.compile(k.optimizers.SGD(learning_rate=0.0), loss=loss)
+    try:
+        history = model.fit(x, y, batch_size=16, validation_data=(x, y), verbose=0)
+    except Exception as error:
+        return type(error)
+    return sorted(n for n in history.history if n not in ("loss", "val_loss"))
+
+
+def age_gender_targets():
+    _, ya, yb, _ = data(20)
+    return {"age": ya, "gender": yb}
+
+
+def skip_where_keras_trains_nothing(names):
+    if isinstance(names, type):
+        pytest.skip(f"Keras {keras.__version__} rejects this loss: {names.__name__}")
+    if names == [] and keras_version() < (3, 5):
+        pytest.skip(
+            "Keras 3.0-3.4 computes no loss at all (loss 0.0) for a "
+            "functional model with dict outputs given one loss"
+        )
+
+
+AGE_GENDER_LOSSES = {"dict": {"age": "mse", "gender": "mse"}, "one": "mse"}
+
+
+@pytest.mark.parametrize("loss", sorted(AGE_GENDER_LOSSES))
+def test_weighted_mode_names_outputs_by_dict_key_as_keras_3_6(patch_supported, loss):
+    kerasfix.enable(mode="weighted")
+    names = logged_names(age_gender, AGE_GENDER_LOSSES[loss], age_gender_targets())
+    skip_where_keras_trains_nothing(names)
+    assert names == ["age_loss", "gender_loss", "val_age_loss", "val_gender_loss"]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("loss", sorted(AGE_GENDER_LOSSES))
+def test_unweighted_mode_keeps_keras2_layer_names(patch_supported, loss):
+    kerasfix.enable()
+    args = (age_gender, AGE_GENDER_LOSSES[loss], age_gender_targets())
+    names = logged_names(*args)
+    skip_where_keras_trains_nothing(names)
+    assert names == logged_names(*args, k=tf_keras) == [
+        "dense_age_loss",
+        "dense_gender_loss",
+        "val_dense_age_loss",
+        "val_dense_gender_loss",
+    ]
+
+
+def test_weighted_mode_never_shares_a_metric(patch_supported):
+    kerasfix.enable(mode="weighted")
+    _, ya, yb, _ = data(20)
+    names = logged_names(shared_layer, ["mse", "mae"], [ya, yb])
+    assert names == ["shared_1_loss", "shared_loss", "val_shared_1_loss", "val_shared_loss"]
+
+
+WEIGHTED_CASES = {
+    "age_gender": (age_gender, "mse", age_gender_targets()),
+    **{
+        name: (build, loss, targets(name, *data(20)[1:3]))
+        for name, (build, loss, _) in CASES.items()
+    },
+}
+
+
+@pytest.mark.skipif(
+    not (3, 5) <= keras_version() < (3, 7), reason="Keras 3.5-3.6 is the reference"
+)
+@pytest.mark.parametrize("name", sorted(WEIGHTED_CASES))
+def test_weighted_mode_logs_the_names_keras_3_6_logs(patch_supported, name):
+    """Keras 3.6's own names, except that two outputs never share one."""
+    build, loss, y = WEIGHTED_CASES[name]
+    theirs = logged_names(build, loss, y)
+    kerasfix.enable(mode="weighted")
+    ours = logged_names(build, loss, y)
+    if isinstance(theirs, type):
+        assert ours is theirs
+        return
+    # Where Keras gives two outputs one name (and logs one value), kerasfix
+    # names the second `<name>_1`.
+    assert set(theirs) <= set(ours)
+    for extra in set(ours) - set(theirs):
+        base, suffix = extra[: -len("_loss")].rsplit("_", 1)
+        assert suffix.isdigit() and f"{base}_loss" in theirs
+
+
+def test_renamed_metrics_warn_once_per_model_with_the_mapping(patch_supported):
+    y = age_gender_targets()
+    loss = AGE_GENDER_LOSSES["one"]
+    keras_own = logged_names(age_gender, loss, y)
+    kerasfix.enable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logged_names(age_gender, loss, y)  # fit and validation: one model
+        logged_names(age_gender, loss, y)
+    renamed = [w for w in caught if issubclass(w.category, kerasfix.KerasfixWarning)]
+    if "age_loss" not in keras_own:
+        assert renamed == []  # this Keras logs no per-output loss of its own
+        return
+    assert len(renamed) == 2
+    assert "age_loss -> dense_age_loss, gender_loss -> dense_gender_loss" in str(
+        renamed[0].message
     )
