@@ -111,6 +111,10 @@ def test_add_metric_is_listed_in_metrics_and_metrics_names(patched):
     _fit(__import__("keras"), model)
     assert [m.name for m in model.metrics][-1] == "kl_loss"
     assert model.metrics_names[-1] == "kl_loss"
+    x, _ = _data()
+    listed = model.evaluate(x, x, batch_size=BATCH, verbose=0)
+    logs = model.evaluate(x, x, batch_size=BATCH, verbose=0, return_dict=True)
+    assert dict(zip(model.metrics_names, listed)) == pytest.approx(logs)
 
 
 def test_evaluate_train_on_batch_and_test_on_batch_log_it(patched):
