@@ -9,6 +9,7 @@ scalar. The processes get their own session: on a timeout the whole group
 is killed, nothing is left behind.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -49,7 +50,7 @@ keras.config.disable_traceback_filtering()  # errors name the Keras function
 if engine == "jax" and world > 1:  # one batch over every process's devices
     import inspect
     parallel = keras.distribution.DataParallel
-    # Each process feeds its own share (below); Keras 3.6+ asks to be told.
+    # Each process feeds its own share (below); 3.6+ would shard it again.
     own_share = {"auto_shard_dataset": False} if "auto_shard_dataset" in (
         inspect.signature(parallel).parameters) else {}
     keras.distribution.set_distribution(parallel(devices=jax.devices(), **own_share))
@@ -66,12 +67,18 @@ def arrays(n, seed):
     x = rng.normal(size=(n, 4)).astype("float32")
     return x, [rng.normal(size=(n, 1)).astype("float32") for _ in range(2)]
 
-def share(x, y):
-    # tf.distribute shards the data itself; with JAX and torch each process
-    # feeds its own share of every global batch.
+def data(n, seed):
+    # What each process feeds: tf.distribute shards the arrays itself; with
+    # JAX and torch each process feeds its own share of every global batch,
+    # as a tf.data.Dataset for JAX (Keras takes nothing else there).
+    x, y = arrays(n, seed)
     if engine == "tensorflow" or world == 1:
-        return x, y
-    return x[rank::world], [t[rank::world] for t in y]
+        return x, y, BATCH
+    x, y = x[rank::world], tuple(t[rank::world] for t in y)
+    if engine == "jax":
+        import tensorflow as tf
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH // world), None, None
+    return x, list(y), BATCH // world
 
 def run(losses):
     keras.utils.set_random_seed(0)
@@ -80,14 +87,15 @@ def run(losses):
     m = keras.Model(inp, [keras.layers.Dense(1, name="a")(h),
                           keras.layers.Dense(1, name="b")(h)])
     m.compile(keras.optimizers.SGD(0.0), loss=losses, loss_weights=[0.5, 3.0])
-    batch = BATCH if engine == "tensorflow" else BATCH // world
-    history = m.fit(*share(*arrays(40, 0)), validation_data=share(*arrays(20, 1)),
-                    batch_size=batch, shuffle=False, verbose=0)
+    x, y, batch = data(40, 0)
+    val_x, val_y, _ = data(20, 1)
+    history = m.fit(x, y, batch_size=batch, shuffle=False, verbose=0,
+                    validation_data=val_x if val_y is None else (val_x, val_y))
     fit = {k: v[-1] for k, v in history.history.items()}
+    x, y, batch = data(20, 2)
     return {"fit": {k: v for k, v in fit.items() if not k.startswith("val_")},
             "validation": {k[4:]: v for k, v in fit.items() if k.startswith("val_")},
-            "evaluate": m.evaluate(*share(*arrays(20, 2)), batch_size=batch,
-                                   return_dict=True, verbose=0)}
+            "evaluate": m.evaluate(x, y, batch_size=batch, return_dict=True, verbose=0)}
 
 def runs():
     return {kind: run(losses) for kind, losses in LOSSES.items()}
@@ -204,6 +212,8 @@ def engine_unavailable():
                 f"Keras {keras.__version__}'s torch trainer has no "
                 "DistributedDataParallel support (it arrives in 3.16)"
             )
+    if backend() == "jax" and importlib.util.find_spec("tensorflow") is None:
+        return "Keras shards only a tf.data.Dataset among JAX processes: no TensorFlow"
     return None
 
 
