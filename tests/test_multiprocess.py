@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -36,8 +37,7 @@ if engine == "tensorflow" and world > 1:  # TF_CONFIG names both workers
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 if engine == "jax" and world > 1:
     import jax
-    if "jax_cpu_collectives_implementation" in jax.config.values:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{os.environ['MASTER_PORT']}",
         num_processes=world, process_id=rank)
@@ -169,37 +169,42 @@ def environments():
 def run_processes(envs):
     """Runs the script once per environment, all at once; kills every
     process group still running after TIMEOUT seconds."""
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in envs]
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
             text=True,
-            start_new_session=True,
+            start_new_session=True,  # its own process group, killed below
         )
-        for env in envs
+        for env, (out, err) in zip(envs, files)
     ]
     deadline = time.monotonic() + TIMEOUT
+    timed_out = False
     try:
-        outputs = [
-            proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
-            for proc in procs
-        ]
-    except subprocess.TimeoutExpired:
-        outputs = None
-    finally:
         for proc in procs:
-            try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:  # a leader still running keeps its group's id for it
+        for proc in procs:
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    if outputs is None:
-        pytest.fail(f"the processes did not finish within {TIMEOUT} s; killed")
-    for proc, (stdout, stderr) in zip(procs, outputs):
+                proc.wait()
+    logs = []
+    for out, err in files:
+        out.seek(0)
+        err.seek(0)
+        logs.append((out.read(), err.read()))
+        out.close()
+        err.close()
+    if timed_out:
+        pytest.fail(f"not done within {TIMEOUT} s, killed: {logs[1][1][-2000:]}")
+    for proc, (_, stderr) in zip(procs, logs):
         assert proc.returncode == 0, stderr[-3000:]
-    return [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
+    return [json.loads(stdout.splitlines()[-1]) for stdout, _ in logs]
 
 
 def engine_unavailable():
@@ -212,6 +217,11 @@ def engine_unavailable():
                 f"Keras {keras.__version__}'s torch trainer has no "
                 "DistributedDataParallel support (it arrives in 3.16)"
             )
+    if backend() == "jax":
+        import jax
+
+        if "jax_cpu_collectives_implementation" not in jax.config.values:
+            return f"JAX {jax.__version__} has no CPU collectives across processes"
     if backend() == "jax" and importlib.util.find_spec("tensorflow") is None:
         return "Keras shards only a tf.data.Dataset among JAX processes: no TensorFlow"
     return None
