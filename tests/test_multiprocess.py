@@ -26,6 +26,11 @@ keras = pytest.importorskip("keras")
 from support import backend, keras_version  # noqa: E402
 
 TIMEOUT = 300  # seconds for all three processes together
+ENGINES = {
+    "tensorflow": "MultiWorkerMirroredStrategy",
+    "jax": "JAX multi-process",
+    "torch": "torch DistributedDataParallel",
+}
 
 SCRIPT = r"""
 import json, os, traceback
@@ -229,15 +234,15 @@ def engine_unavailable():
 
 @pytest.fixture(scope="module")
 def runs():
-    if backend() not in ("tensorflow", "jax", "torch"):
-        pytest.skip("MultiWorkerMirroredStrategy, JAX multi-process and torch DDP only")
+    if backend() not in ENGINES:
+        pytest.skip(f"{', '.join(ENGINES.values())} only")
     reason = engine_unavailable()
     if reason:
         pytest.skip(reason)
     one, two, _ = run_processes(environments())
     if "keras_error" in two:
         pytest.skip(
-            f"Keras {keras.__version__} itself fails in two processes, "
+            f"Keras {keras.__version__} itself fails under {ENGINES[backend()]}, "
             f"without kerasfix: {two['keras_error']}"
         )
     if two["status"]["effective"] != "patched":
