@@ -55,9 +55,10 @@ keras.config.disable_traceback_filtering()  # errors name the Keras function
 if engine == "jax" and world > 1:  # one batch over every process's devices
     import inspect
     parallel = keras.distribution.DataParallel
-    # Each process feeds its own share (below); 3.6+ would shard it again.
-    own_share = {"auto_shard_dataset": False} if "auto_shard_dataset" in (
-        inspect.signature(parallel).parameters) else {}
+    # Keras 3.2-3.4 always shard the dataset among processes themselves;
+    # 3.6+ can be told that each process feeds its own share (see data()).
+    keras_shards = "auto_shard_dataset" not in inspect.signature(parallel).parameters
+    own_share = {} if keras_shards else {"auto_shard_dataset": False}
     keras.distribution.set_distribution(parallel(devices=jax.devices(), **own_share))
 
 class ScalarMAE(keras.losses.Loss):
@@ -73,17 +74,20 @@ def arrays(n, seed):
     return x, [rng.normal(size=(n, 1)).astype("float32") for _ in range(2)]
 
 def data(n, seed):
-    # What each process feeds: tf.distribute shards the arrays itself; with
-    # JAX and torch each process feeds its own share of every global batch,
-    # as a tf.data.Dataset for JAX (the one input Keras 3.6 takes there).
+    # What each process feeds: tf.distribute shards the arrays itself, and
+    # Keras 3.2-3.4 a tf.data.Dataset among JAX processes; otherwise each
+    # process feeds its own share of every global batch, for JAX as a
+    # tf.data.Dataset (the one input Keras 3.6 takes there).
     x, y = arrays(n, seed)
     if engine == "tensorflow" or world == 1:
         return x, y, BATCH
-    x, y = x[rank::world], tuple(t[rank::world] for t in y)
     if engine == "jax":
         import tensorflow as tf
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH // world), None, None
-    return x, list(y), BATCH // world
+        if keras_shards:
+            return tf.data.Dataset.from_tensor_slices((x, tuple(y))).batch(BATCH), None, None
+        share = (x[rank::world], tuple(t[rank::world] for t in y))
+        return tf.data.Dataset.from_tensor_slices(share).batch(BATCH // world), None, None
+    return x[rank::world], [t[rank::world] for t in y], BATCH // world
 
 def run(losses):
     keras.utils.set_random_seed(0)
