@@ -100,6 +100,17 @@ def base_trainer(trainer_module):
     return found[0] if len(found) == 1 else None
 
 
+def tree():
+    """Keras's own structure functions (`flatten`, `pack_sequence_as`,
+    `map_structure`) for this release: `keras.src.tree` from 3.3, dm-tree's
+    `tree` module, which Keras 3.0-3.2 import, before."""
+    try:
+        from keras.src import tree as keras_tree
+    except ImportError:
+        import tree as keras_tree
+    return keras_tree
+
+
 def _attributes_set(function):
     """The attribute names a function's own code reads or writes."""
     code = getattr(inspect.unwrap(function), "__code__", None)
