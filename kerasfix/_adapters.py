@@ -100,15 +100,24 @@ def base_trainer(trainer_module):
     return found[0] if len(found) == 1 else None
 
 
+_DmTree = collections.namedtuple("_DmTree", "flatten pack_sequence_as map_structure")
+_tree = None
+
+
 def tree():
-    """Keras's own structure functions (`flatten`, `pack_sequence_as`,
-    `map_structure`) for this release: `keras.src.tree` from 3.3, dm-tree's
-    `tree` module, which Keras 3.0-3.2 import, before."""
-    try:
-        from keras.src import tree as keras_tree
-    except ImportError:
-        import tree as keras_tree
-    return keras_tree
+    """Keras's own structure functions for this release (`flatten`,
+    `pack_sequence_as`, `map_structure`): `keras.src.tree` from 3.3, before
+    that dm-tree, which Keras 3.0-3.2 import as `tree`."""
+    global _tree
+    if _tree is None:
+        try:
+            from keras.src import tree as keras_tree
+        except ImportError:
+            import tree as dm_tree
+
+            keras_tree = _DmTree(dm_tree.flatten, dm_tree.unflatten_as, dm_tree.map_structure)
+        _tree = keras_tree
+    return _tree
 
 
 def _attributes_set(function):

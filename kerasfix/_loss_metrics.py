@@ -38,6 +38,9 @@ class _Tracked:
     def __init__(self, adapter):
         self.adapter = adapter
         self.metrics = None  # one Mean (or None) per loss entry, once named
+        # Two calls at once update the metrics in turn: a Mean's update
+        # reads its variables, then assigns them.
+        self.updating = threading.Lock()
 
 
 def _calls():
@@ -163,6 +166,7 @@ def _update_metrics(compile_loss, tracked, records, mode):
     if not records:
         return
     batch_size = _batch_size(records)
+    updates = []
     for index, value, _, scaled in records:
         metric = tracked.metrics[index]
         if metric is None:
@@ -173,7 +177,10 @@ def _update_metrics(compile_loss, tracked, records, mode):
         weight = tracked.adapter.weight(compile_loss, index)
         if mode == "weighted" and weight is not None:
             value = ops.multiply(value, weight)
-        metric.update_state(value, sample_weight=batch_size)
+        updates.append((metric, value))
+    with tracked.updating:
+        for metric, value in updates:
+            metric.update_state(value, sample_weight=batch_size)
 
 
 def _built_before_enable(compile_loss):

@@ -18,7 +18,7 @@ keras = pytest.importorskip("keras")
 
 import kerasfix  # noqa: E402
 from kerasfix import _adapters  # noqa: E402
-from support import backend, data, frozen_sgd, raw_losses, two_outputs  # noqa: E402
+from support import backend, data, frozen_sgd, raw_loss, raw_losses, two_outputs  # noqa: E402
 
 LOSSES = {"a": "mse", "b": "binary_crossentropy"}
 
@@ -186,35 +186,163 @@ def test_enable_disable_from_threads_never_leave_half_a_patch(patched):
     assert changed(snapshot(), off) == [set(), set()]
 
 
-def test_training_while_other_threads_call_the_api(patched):
-    x, ya, yb, _ = data(20)
-    model = two_outputs()
-    model.compile(frozen_sgd(), loss=list(LOSSES.values()), loss_weights=[0.5, 3.0])
-    stop, errors = threading.Event(), []
+def test_two_threads_inside_one_compile_loss_keep_their_own_records(patched):
+    """Two threads inside one CompileLoss's call at once (as eager torch or
+    `run_eagerly=True` runs them) while a third reads its metrics."""
+    from keras.src.trainers import compile_utils
 
-    def poke():
+    gate = threading.Barrier(3, timeout=60)
+    gated = threading.local()
+
+    def gated_mse(y_true, y_pred):
+        if getattr(gated, "on", False):
+            gate.wait()  # both callers are inside `call` ...
+            gate.wait()  # ... until the reader has read the metrics
+        return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    compile_loss = compile_utils.CompileLoss(
+        [gated_mse, "mae"], [0.5, 3.0], output_names=["a", "b"]
+    )
+    rng = np.random.default_rng(0)
+    batches = {
+        who: [[rng.normal(size=(n, 1)).astype("float32") for _ in range(4)] for n in sizes]
+        for who, sizes in (("first", (8, 3, 5)), ("second", (6, 2, 7)))
+    }
+    ones = np.ones((4, 1), "float32")
+    compile_loss([ones, ones], [ones, ones])  # builds and names its metrics
+    for m in compile_loss.metrics:
+        m.reset_state()
+    errors, seen = [], []
+
+    def call(who):
+        gated.on = True
         try:
-            while not stop.is_set():
-                kerasfix.enable()
-                kerasfix.status()
+            for ya, yb, pa, pb in batches[who]:
+                compile_loss([ya, yb], [pa, pb])
         except Exception as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=poke) for _ in range(2)]
+    def read():
+        try:
+            for _ in batches["first"]:
+                gate.wait()
+                seen.append([m.name for m in compile_loss.metrics])
+                gate.wait()
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=f, args=a) for f, a in
+               ((call, ("first",)), (call, ("second",)), (read, ()))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert seen == [["a_loss", "b_loss"]] * 3
+    every = [b for who in batches.values() for b in who]
+    count = sum(len(ya) for ya, _, _, _ in every)
+    want = {
+        "a_loss": sum(len(ya) * raw_loss("mse", ya, pa) for ya, _, pa, _ in every) / count,
+        "b_loss": sum(len(yb) * raw_loss("mae", yb, pb) for _, yb, _, pb in every) / count,
+    }
+    got = {m.name: float(m.result()) for m in compile_loss.metrics}
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_nested_call_of_one_compile_loss_restores_the_outer_records(patched):
+    from keras.src.trainers import compile_utils
+
+    calls = []
+
+    def reentrant(y_true, y_pred):
+        calls.append(1)
+        if len(calls) == 1:  # once: the loss computed inside a loss
+            compile_loss([y_true, y_true], [y_true, y_true])
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+    compile_loss = compile_utils.CompileLoss(
+        [reentrant, "mse"], None, output_names=["a", "b"]
+    )
+    ya, yb = np.zeros((4, 1), "float32"), np.zeros((4, 1), "float32")
+    pa, pb = np.full((4, 1), 2.0, "float32"), np.full((4, 1), 3.0, "float32")
+    compile_loss([ya, yb], [pa, pb])
+    got = {m.name: float(m.result()) for m in compile_loss.metrics}
+    # The inner call (both 0, 4 samples) and the outer one (2 and 9).
+    assert got == pytest.approx({"a_loss": 1.0, "b_loss": 4.5})
+
+
+def test_train_evaluate_read_metrics_and_toggle_from_threads_at_once(patched):
+    """Threads train, evaluate and read one model's metrics while others
+    call enable()/disable(): nothing raises and no metric list holds None.
+
+    Not on JAX, where Keras's own trainer forbids both: it empties variables
+    while a step runs (another thread's `result()` finds no value), and it
+    fixes the list of metric variables when a step is built (a switch in a
+    run changes it: IndexError in Keras's loop; see README, Reliability).
+    """
+    if backend() == "jax":
+        pytest.skip("Keras's JAX trainer does not allow it, with or without kerasfix")
+    x, ya, yb, _ = data(20)
+
+    def compiled():
+        model = two_outputs()
+        model.compile(
+            frozen_sgd(), loss=list(LOSSES.values()), loss_weights=[0.5, 3.0],
+            run_eagerly=True,
+        )
+        return model
+
+    trained, evaluated = compiled(), compiled()
+    for model in (trained, evaluated):  # Keras builds one model at a time
+        model.fit(x, [ya, yb], batch_size=16, verbose=0)
+    stop, errors = threading.Event(), []
+
+    def guarded(work):
+        def run():
+            try:
+                while not stop.is_set():
+                    work()
+            except Exception as error:  # pragma: no cover - reported below
+                errors.append(error)
+                stop.set()
+
+        return threading.Thread(target=run)
+
+    def read():
+        for model in (trained, evaluated):
+            assert None not in model.metrics
+            assert all(isinstance(n, str) for n in model.metrics_names)
+            model.get_metrics_result()
+        evaluated.reset_metrics()
+
+    def toggle():
+        kerasfix.disable()
+        kerasfix.status()
+        kerasfix.enable()
+
+    threads = [
+        guarded(lambda: evaluated.evaluate(x, [ya, yb], batch_size=16, verbose=0)),
+        guarded(read),
+        guarded(toggle),
+    ]
     for t in threads:
         t.start()
     try:
-        history = model.fit(
-            x, [ya, yb], batch_size=16, epochs=3, validation_data=(x, [ya, yb]), verbose=0
-        ).history
+        for _ in range(3):
+            trained.fit(x, [ya, yb], batch_size=16, validation_data=(x, [ya, yb]), verbose=0)
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert errors == []
+    kerasfix.enable()
+    model = compiled()  # compiled again: kerasfix's metrics, right values
+    history = model.fit(
+        x, [ya, yb], batch_size=16, epochs=2, validation_data=(x, [ya, yb]), verbose=0
+    ).history
     raw = raw_losses(model, x, {"a": ya, "b": yb}, LOSSES)
-    assert history["a_loss"] == pytest.approx([raw["a"]] * 3, rel=1e-5)
-    assert history["val_b_loss"] == pytest.approx([raw["b"]] * 3, rel=1e-5)
+    assert history["a_loss"] == pytest.approx([raw["a"]] * 2, rel=1e-5)
+    assert history["val_b_loss"] == pytest.approx([raw["b"]] * 2, rel=1e-5)
 
 
 # Hostile input: whatever Keras does, kerasfix does, but for the metrics.
