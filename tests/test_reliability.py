@@ -372,7 +372,9 @@ def hostile(draw):
 
 
 def outcome(case):
-    """(exception type, None) or (None, logs) for one train and test step."""
+    """(exception type, None) or (None, results) for one train and one test
+    step: both totals, and each output's raw loss recomputed from `predict`
+    beside the test step's per-output metrics."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     inp = keras.Input((3,))
@@ -412,10 +414,21 @@ def outcome(case):
             model = keras.Model(inp, outs)
             model.compile(frozen_sgd(), loss=losses, loss_weights=weights)
             train = model.train_on_batch(x, y, return_dict=True)
+            model.reset_metrics()
             test = model.test_on_batch(x, y, return_dict=True)
+            preds = model.predict(x, verbose=0) if case["batch"] else None
     except Exception as error:
         return type(error), None
-    return None, {"train": train["loss"], "test": test["loss"]}
+    raw = None
+    if preds is not None:
+        flat_y, flat_p = _adapters.tree().flatten(y), _adapters.tree().flatten(preds)
+        raw = [
+            float(np.mean(np.square(t.astype("float64") - p.astype("float64"))))
+            for t, p in zip(flat_y, flat_p)
+        ]
+    per_output = [float(v) for k, v in test.items() if k != "loss"]
+    return None, {"train": train["loss"], "test": test["loss"], "raw": raw,
+                  "per_output": per_output}
 
 
 def same(a, b):
@@ -439,3 +452,9 @@ def test_hostile_input_changes_nothing_but_the_metrics(patched, case):
     if upstream is not None:
         assert same(float(ours["train"]), float(upstream["train"]))
         assert same(float(ours["test"]), float(upstream["test"]))
+        assert len(ours["per_output"]) == len(case["names"])
+        if ours["raw"] is not None:  # each output's metric is its raw loss
+            by_value = lambda v: (math.isnan(v), v)  # noqa: E731
+            for mine, raw in zip(sorted(ours["per_output"], key=by_value),
+                                 sorted(ours["raw"], key=by_value)):
+                assert same(mine, raw)
