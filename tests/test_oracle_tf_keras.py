@@ -146,7 +146,7 @@ def test_regularizer_is_in_loss_but_not_in_per_output_metrics(patched):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
 
 
-def test_class_weight_on_single_output_changes_nothing():
+def test_class_weight_on_single_output_changes_nothing(patch_supported):
     def run():
         keras.utils.set_random_seed(8)
         inp = keras.Input((5,))

@@ -194,3 +194,56 @@ def test_symbolic_build_reads_a_batch_only_when_keras_does(patch_supported, buil
     ours, compile_loss_built = reads()
     assert ours == upstream == (0 if built else 1)
     assert compile_loss_built is not built
+
+
+def test_two_losses_on_one_output_get_name_and_name_1(patched):
+    """One tensor returned twice, a loss on each: `b_loss` and `b_1_loss`."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((4,))
+    a = keras.layers.Dense(1, name="a")(inp)
+    b = keras.layers.Dense(1, name="b")(inp)
+    model = keras.Model(inp, [a, b, b])
+    ya = 3 * RNG.normal(size=(N, 1)).astype("float32")
+    yb = RNG.normal(size=(N, 1)).astype("float32")
+    losses = ["mse", "mse", "mae"]
+    flat = {
+        "a": ("mse", lambda y, p: (y[0], p[0])),
+        "b": ("mse", lambda y, p: (y[1], p[1])),
+        "b_1": ("mae", lambda y, p: (y[2], p[2])),
+    }
+    logs, raw = evaluate_against_predict(model, [ya, yb, yb], losses, flat)
+    assert {k for k in logs if k != "loss"} == {"a_loss", "b_loss", "b_1_loss"}
+    assert_reported(logs, raw)
+
+
+def pair_loss(y_true, y_pred):
+    """One loss over two outputs at once (Keras 3 only)."""
+    ops = keras.ops
+    return ops.mean(ops.square(y_true["p"] - y_pred["p"])) + ops.mean(
+        ops.abs(y_true["q"] - y_pred["q"])
+    )
+
+
+def test_loss_over_several_outputs_keeps_keras_3_name(patched):
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, {
+        "pair": {"p": keras.layers.Dense(1, name="p")(inp),
+                 "q": keras.layers.Dense(1, name="q")(inp)},
+        "y": keras.layers.Dense(1, name="y")(inp),
+    })
+    y = {"pair": {"p": RNG.normal(size=(N, 1)).astype("float32"),
+                  "q": RNG.normal(size=(N, 1)).astype("float32")},
+         "y": RNG.normal(size=(N, 1)).astype("float32")}
+    losses = {"pair": pair_loss, "y": "mse"}
+    flat = {"pair": (pair_loss, lambda y, p: (y["pair"], p["pair"])),
+            "y": ("mse", lambda y, p: (y["y"], p["y"]))}
+    try:
+        logs, raw = evaluate_against_predict(model, y, losses, flat)
+    except (ValueError, TypeError, KeyError) as error:
+        kerasfix.disable()
+        with pytest.raises(type(error)):
+            evaluate_against_predict(model, y, losses, flat)
+        pytest.skip(f"Keras {keras.__version__} has no loss over several outputs: {str(error)[:100]}")
+    assert {k for k in logs if k != "loss"} == {"pair_loss", "y_loss"}
+    assert_reported(logs, raw)
