@@ -285,7 +285,8 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     # Keras 3.0-3.4 builds CompileLoss inside the first traced step, too late
     # for JAX to carry new metric variables; build it symbolically first, on
     # the batch Keras reads itself (and hands it, so it is read once). Where
-    # Keras reads none, neither does kerasfix: the step builds CompileLoss.
+    # Keras reads none (a loaded model: all built but CompileLoss) only JAX
+    # needs one; elsewhere the first step builds CompileLoss.
     compile_loss = getattr(instance, "_compile_loss", None)
     if _config.mode is None or compile_loss is None or compile_loss.built:
         return wrapped(*args, **kwargs)
@@ -296,7 +297,8 @@ def _symbolic_build(wrapped, instance, args, kwargs):
         return iterator, data_batch
 
     iterator, data_batch = bind(*args, **kwargs)
-    if data_batch is None and _reads_a_batch(instance):
+    needed = _reads_a_batch(instance) or backend.backend() == "jax"
+    if data_batch is None and needed:
         for _, data in iterator.enumerate_epoch():
             data_batch = data[0]
             break

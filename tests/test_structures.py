@@ -164,7 +164,9 @@ def test_unmatched_output_is_named_by_its_loss_and_said_once(patched):
 @pytest.mark.parametrize("built", [False, True])
 def test_symbolic_build_reads_a_batch_only_when_keras_does(patch_supported, built):
     """Keras reads one batch when the model, its metrics or its optimizer is
-    unbuilt; kerasfix reads no other, and handles namedtuple data."""
+    unbuilt; kerasfix reads no other, and handles namedtuple data. Only JAX,
+    whose step cannot create metric variables, needs one where Keras reads
+    none (everything built but CompileLoss, as in a loaded model)."""
     Batch = collections.namedtuple("Batch", "x y")
 
     class Counting:
@@ -192,8 +194,10 @@ def test_symbolic_build_reads_a_batch_only_when_keras_does(patch_supported, buil
     upstream, _ = reads()
     kerasfix.enable()
     ours, compile_loss_built = reads()
-    assert ours == upstream == (0 if built else 1)
-    assert compile_loss_built is not built
+    assert upstream == (0 if built else 1)
+    jax = keras.config.backend() == "jax"
+    assert ours == (1 if jax else upstream)
+    assert compile_loss_built is (jax or not built)
 
 
 def test_two_losses_on_one_output_get_name_and_name_1(patched):
