@@ -13,32 +13,40 @@ def pytest_addoption(parser):
         "--kerasfix",
         metavar="MODE",
         default=None,
-        help="enable kerasfix for the session: unweighted or weighted.",
+        help="enable kerasfix for the session: any KERASFIX value "
+        "(1, on, true, unweighted, weighted; 0, off, false for off).",
     )
     parser.addini("kerasfix", "kerasfix mode for the session (or off).")
 
 
+def _asked(config):
+    return config.getoption("kerasfix") or config.getini("kerasfix") or None
+
+
 def _session_mode(config):
-    mode = config.getoption("kerasfix") or config.getini("kerasfix") or None
-    if mode in ("off", "0", "false"):
-        return None
-    return mode
+    """The mode asked for, parsed as a `KERASFIX` value is (None for off)."""
+    from kerasfix import _config
+
+    try:
+        return _config.parse_mode(_asked(config), "--kerasfix / ini kerasfix")
+    except ValueError as error:
+        raise pytest.UsageError(str(error))
 
 
 def pytest_configure(config):
-    mode = _session_mode(config)
-    if mode is None:
+    if _asked(config) is None:
         return
     import kerasfix
 
-    try:
+    mode = _session_mode(config)
+    if mode is None:
+        kerasfix.disable()  # importing kerasfix alone would switch it on
+    else:
         kerasfix.enable(mode)
-    except ValueError as error:
-        raise pytest.UsageError(f"--kerasfix / ini kerasfix: {error}")
 
 
 def pytest_report_header(config):
-    if _session_mode(config) is None:
+    if _asked(config) is None or _session_mode(config) is None:
         return None
     import kerasfix
 

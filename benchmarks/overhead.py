@@ -155,7 +155,7 @@ def main(argv=None):
     ]
     for goal, met in goals:
         print(f"{'met ' if met else 'MISSED'}  {goal}")
-    return 0
+    return 0 if all(met for _, met in goals) else 1
 
 
 if __name__ == "__main__":

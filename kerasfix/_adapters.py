@@ -175,6 +175,26 @@ def direction_setters(callbacks_module):
     return sorted(found, key=lambda cls: cls.__name__)
 
 
+_DmTree = collections.namedtuple("_DmTree", "flatten pack_sequence_as map_structure")
+_tree = None
+
+
+def tree():
+    """Keras's own structure functions for this release (`flatten`,
+    `pack_sequence_as`, `map_structure`): `keras.src.tree` from 3.3, before
+    that dm-tree, which Keras 3.0-3.2 import as `tree`."""
+    global _tree
+    if _tree is None:
+        try:
+            from keras.src import tree as keras_tree
+        except ImportError:
+            import tree as dm_tree
+
+            keras_tree = _DmTree(dm_tree.flatten, dm_tree.unflatten_as, dm_tree.map_structure)
+        _tree = keras_tree
+    return _tree
+
+
 def _attributes_set(function):
     """The attribute names a function's own code reads or writes."""
     code = getattr(inspect.unwrap(function), "__code__", None)

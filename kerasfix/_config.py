@@ -33,8 +33,12 @@ class KerasfixError(RuntimeError):
 def mode_from_env(environ):
     """The mode `KERASFIX` asks for, or None when it is unset or off."""
     raw = environ.get(ENV_VAR)
-    if raw is None:
-        return None
+    return None if raw is None else parse_mode(raw, ENV_VAR)
+
+
+def parse_mode(raw, source=ENV_VAR):
+    """The mode a `KERASFIX` value names (None for off); every way of
+    asking for a mode (`KERASFIX`, `pytest --kerasfix`) takes these values."""
     value = raw.strip().lower()
     if value in _OFF:
         return None
@@ -43,7 +47,7 @@ def mode_from_env(environ):
     if value in _WEIGHTED:
         return "weighted"
     raise ValueError(
-        f"{ENV_VAR}={raw!r} is not a kerasfix mode; "
+        f"{source}={raw!r} is not a kerasfix mode; "
         f"use one of: {', '.join(ALLOWED)} (or leave it unset)."
     )
 

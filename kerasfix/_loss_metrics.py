@@ -5,8 +5,13 @@ trained on is upstream's own arithmetic. Each resolved loss function is
 proxied by a `_Recorder` that notes its raw value as `call` runs; after
 `call`, kerasfix updates one `Mean` per output with those values, weighted by
 the dynamic batch size, under the names Keras 2 gave them. While `call`
-runs, `CompileLoss.metrics` is a list of `None` as long as the losses, so
-upstream records nothing and (on 3.5-3.6) drops no loss from the total.
+runs, `CompileLoss.metrics` is, for that thread, a list of `None` as long as
+the losses, so upstream records nothing and (on 3.5-3.6) drops no loss from
+the total.
+
+What one call records belongs to that call: several threads may compute the
+loss of one model at once (eager torch, `run_eagerly=True`, two traces), and
+a loss may even be called inside its own call.
 """
 
 import sys
@@ -19,7 +24,9 @@ import wrapt
 from kerasfix import _adapters, _config, _names, _wrapping
 
 _tracked = weakref.WeakKeyDictionary()  # CompileLoss -> _Tracked
-_scaling = threading.local()  # calls of Keras's scale_loss_for_distribution
+# Per thread: `calls`, {_Tracked: records of its call under way}, and
+# `scaling`, how often Keras's scale_loss_for_distribution ran.
+_local = threading.local()
 _adapter = None  # the layout found when the patch went in
 
 
@@ -33,7 +40,17 @@ class _Tracked:
     def __init__(self, adapter):
         self.adapter = adapter
         self.metrics = None  # one Mean (or None) per loss entry, once named
-        self.records = None  # a list while upstream `call` runs
+        # Two calls at once update the metrics in turn: a Mean's update
+        # reads its variables, then assigns them.
+        self.updating = threading.Lock()
+
+
+def _calls():
+    """This thread's calls under way: {_Tracked: the records of that call}."""
+    calls = getattr(_local, "calls", None)
+    if calls is None:
+        calls = _local.calls = {}
+    return calls
 
 
 class _Recorder(wrapt.ObjectProxy):
@@ -45,11 +62,11 @@ class _Recorder(wrapt.ObjectProxy):
         self._self_index = index
 
     def __call__(self, y_true, y_pred, *args, **kwargs):
-        before = getattr(_scaling, "calls", 0)
+        before = getattr(_local, "scaling", 0)
         value = self.__wrapped__(y_true, y_pred, *args, **kwargs)
-        records = self._self_tracked.records
+        records = _calls().get(self._self_tracked)
         if records is not None:
-            scaled = getattr(_scaling, "calls", 0) != before
+            scaled = getattr(_local, "scaling", 0) != before
             records.append((self._self_index, value, y_pred, scaled))
         return value
 
@@ -58,7 +75,7 @@ def _count_scaling(wrapped, instance, args, kwargs):
     # Keras 3.8+ divides a reduced loss by the number of replicas inside
     # `Loss.__call__`, but not a loss whose `call` already returns a scalar;
     # counting the calls tells which values to multiply back for reporting.
-    _scaling.calls = getattr(_scaling, "calls", 0) + 1
+    _local.scaling = getattr(_local, "scaling", 0) + 1
     return wrapped(*args, **kwargs)
 
 
@@ -70,8 +87,8 @@ def _swap_loss_fns(compile_loss, adapter, swap):
             entries[index] = adapter.with_loss_fn(entry, swap(index, fn))
 
 
-def _make_metrics(compile_loss, tracked, y_pred, records, mode):
-    """One named Mean per loss that ran, on the model's first call.
+def _make_metrics(compile_loss, adapter, y_pred, records, mode):
+    """One named Mean (or None) per loss entry, on the first call.
 
     Names are Keras 2's, or Keras 3.5-3.6's in `weighted` mode. Outputs are
     told apart by identity: the tensor a loss received is one of the leaves
@@ -84,16 +101,16 @@ def _make_metrics(compile_loss, tracked, y_pred, records, mode):
 
     naming = _names.keras36_names if mode == "weighted" else _names.keras2_names
     leaves, names = naming(compile_loss, y_pred)
-    entries = tracked.adapter.entries(compile_loss)
-    tracked.metrics = [None] * len(entries)
+    entries = adapter.entries(compile_loss)
+    made = [None] * len(entries)
     if len(leaves) < 2:
-        return
+        return made
     taken, used_names = set(), []
     for index, _, y_p, _ in records:
-        mine = [leaf for leaf, _ in _names.flatten_with_names(y_p)]
+        mine = _adapters.tree().flatten(y_p)
         same = [i for i, leaf in enumerate(leaves) if any(leaf is m for m in mine)]
         if len(mine) > 1:
-            keras_name = tracked.adapter.keras_name(entries[index])
+            keras_name = adapter.keras_name(entries[index])
             name = keras_name or "_".join(
                 names[i] or f"output_{i + 1}" for i in same
             )
@@ -101,24 +118,30 @@ def _make_metrics(compile_loss, tracked, y_pred, records, mode):
             pick = next((i for i in same if i not in taken), same[0])
             taken.add(pick)
             # Keras 3.6 names an output it has no name for after its loss.
-            loss_name = getattr(tracked.adapter.loss_fn(entries[index]), "name", None)
+            loss_name = getattr(adapter.loss_fn(entries[index]), "name", None)
             name = names[pick] or loss_name or f"output_{pick + 1}"
         else:
             name = f"output_{index + 1}"
+            _config.warn_once(
+                f"kerasfix could not tell which output loss {index + 1} of "
+                f"{len(entries)} was computed on (it did not receive one of "
+                f"the model's outputs); its metric is named {name}_loss."
+            )
         name = _names.unique(name, used_names)
         used_names.append(name)
-        tracked.metrics[index] = metrics.Mean(name=f"{name}_loss")
-    _warn_renamed(compile_loss, tracked, entries)
-    if tracked.adapter is _adapters.FLAT_LISTS_METRICS:
-        _warn_restored(entries, tracked)
+        made[index] = metrics.Mean(name=f"{name}_loss")
+    _warn_renamed(compile_loss, adapter, made)
+    if adapter is _adapters.FLAT_LISTS_METRICS:
+        _warn_restored(entries, made)
+    return made
 
 
-def _warn_renamed(compile_loss, tracked, entries):
+def _warn_renamed(compile_loss, adapter, made):
     # A monitor or dashboard on the running release's name would otherwise
     # find nothing, silently; once per compiled model.
     renamed = []
-    for index, metric in enumerate(tracked.metrics):
-        theirs = tracked.adapter.metric_name(compile_loss, index)
+    for index, metric in enumerate(made):
+        theirs = adapter.metric_name(compile_loss, index)
         if metric is not None and theirs is not None:
             if f"{theirs}_loss" != metric.name:
                 renamed.append(f"{theirs}_loss -> {metric.name}")
@@ -134,14 +157,14 @@ def _warn_renamed(compile_loss, tracked, entries):
         )
 
 
-def _warn_restored(entries, tracked):
+def _warn_restored(entries, made):
     # Keras 3.5-3.6 zips the losses against metrics made only for non-None
     # losses, so every loss past that count is left out of the total.
     kept = max(1, sum(1 for fn in entries if fn)) if len(entries) > 1 else 1
     restored = [
-        tracked.metrics[i].name[: -len("_loss")]
+        made[i].name[: -len("_loss")]
         for i in range(kept, len(entries))
-        if entries[i] and tracked.metrics[i] is not None
+        if entries[i] and made[i] is not None
     ]
     if restored:
         _config.warn_once(
@@ -151,16 +174,29 @@ def _warn_restored(entries, tracked):
         )
 
 
+def _batch_size(records):
+    """The first output's dynamic batch size, as Keras 2 weighed every
+    output by; None (each call counts once) where outputs are 0-d or empty.
+
+    `ops.shape` gives a tensor inside tf.function, where the size varies.
+    """
+    from keras.src import ops
+
+    for _, _, y_p, _ in records:
+        for leaf in _adapters.tree().flatten(y_p):
+            if getattr(leaf, "ndim", None):
+                return ops.shape(leaf)[0]
+    return None
+
+
 def _update_metrics(compile_loss, tracked, records, mode):
     from keras.src import ops
     from keras.src.losses import loss as loss_module
 
     if not records:
         return
-    # Keras 2 weighed every output by the first one's dynamic batch size;
-    # `ops.shape` gives a tensor inside tf.function where the size varies.
-    first, _ = next(_names.flatten_with_names(records[0][2]))
-    batch_size = ops.shape(first)[0]
+    batch_size = _batch_size(records)
+    updates = []
     for index, value, _, scaled in records:
         metric = tracked.metrics[index]
         if metric is None:
@@ -171,7 +207,10 @@ def _update_metrics(compile_loss, tracked, records, mode):
         weight = tracked.adapter.weight(compile_loss, index)
         if mode == "weighted" and weight is not None:
             value = ops.multiply(value, weight)
-        metric.update_state(value, sample_weight=batch_size)
+        updates.append((metric, value))
+    with tracked.updating:
+        for metric, value in updates:
+            metric.update_state(value, sample_weight=batch_size)
 
 
 def _built_before_enable(compile_loss):
@@ -185,27 +224,48 @@ def _built_before_enable(compile_loss):
     return True
 
 
+def _track(compile_loss):
+    """The `_Tracked` of a CompileLoss, made on first use; under the lock."""
+    tracked = _tracked.get(compile_loss)
+    if tracked is None:
+        tracked = _tracked[compile_loss] = _Tracked(_adapter)
+    return tracked
+
+
 def _call(wrapped, instance, args, kwargs):
-    mode = _config.mode
-    if mode is None or _built_before_enable(instance):
+    with _config.lock:  # mode and adapter as one enable() left them
+        mode = _config.mode
+        if mode is None or _built_before_enable(instance):
+            tracked = None
+        else:
+            tracked = _track(instance)
+    if tracked is None:
         return wrapped(*args, **kwargs)
-    tracked = _tracked.setdefault(instance, _Tracked(_adapter))
     y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
-    tracked.records = []
+    calls = _calls()
+    outer = calls.get(tracked)  # a call inside its own call gets it back
+    calls[tracked] = records = []
     try:
         total = wrapped(*args, **kwargs)
     finally:
-        records, tracked.records = tracked.records, None
-    if tracked.metrics is None:
-        _make_metrics(instance, tracked, y_pred, records, mode)
+        if outer is None:
+            del calls[tracked]
+        else:
+            calls[tracked] = outer
+    with _config.lock:  # one thread names the metrics; others see them whole
+        if tracked.metrics is None:
+            tracked.metrics = _make_metrics(
+                instance, tracked.adapter, y_pred, records, mode
+            )
     _update_metrics(instance, tracked, records, mode)
     return total
 
 
 def _build(wrapped, instance, args, kwargs):
     result = wrapped(*args, **kwargs)
-    if _config.mode is not None:
-        tracked = _tracked.setdefault(instance, _Tracked(_adapter))
+    with _config.lock:
+        tracked = None if _config.mode is None else _track(instance)
+    if tracked is not None:
         _swap_loss_fns(
             instance,
             tracked.adapter,
@@ -216,11 +276,11 @@ def _build(wrapped, instance, args, kwargs):
 
 def _metrics_of(compile_loss):
     """kerasfix's metrics of one CompileLoss (3.0-3.4: its `metrics`)."""
-    _built_before_enable(compile_loss)
-    tracked = _tracked.get(compile_loss)
-    if tracked is None or tracked.metrics is None:
-        return []
-    return [m for m in tracked.metrics if m is not None]
+    with _config.lock:
+        _built_before_enable(compile_loss)
+        tracked = _tracked.get(compile_loss)
+        made = None if tracked is None else tracked.metrics
+    return [m for m in made or () if m is not None]
 
 
 def metric_names(model):
@@ -234,13 +294,14 @@ def metric_names(model):
 
 
 def _compile_loss_metrics(fget, instance):
-    tracked = _tracked.get(instance)
-    if tracked is None:
-        _built_before_enable(instance)
-        return fget(instance)
-    if tracked.records is not None:
-        return [None] * len(tracked.adapter.entries(instance))
-    return _metrics_of(instance)
+    with _config.lock:
+        tracked = _tracked.get(instance)
+        if tracked is None:
+            _built_before_enable(instance)
+            return fget(instance)
+        if tracked in _calls():  # upstream's own `call`, in this thread
+            return [None] * len(tracked.adapter.entries(instance))
+        return _metrics_of(instance)
 
 
 def _trainer_metrics(fget, instance):
@@ -251,35 +312,49 @@ def _trainer_metrics(fget, instance):
     return metrics[:1] + ours + metrics[1:] if ours else metrics
 
 
+def _reads_a_batch(trainer):
+    """Whether Keras 3.0-3.4's own `_symbolic_build` reads a batch: when the
+    model, its compiled metrics or its optimizer is not built yet."""
+    compile_metrics = trainer._compile_metrics
+    return (
+        not all(layer.built for layer in trainer._flatten_layers())
+        or (compile_metrics is not None and not compile_metrics.built)
+        or (trainer.optimizer is not None and not trainer.optimizer.built)
+    )
+
+
 def _symbolic_build(wrapped, instance, args, kwargs):
     # Keras 3.0-3.4 builds CompileLoss inside the first traced step, too late
-    # for JAX to carry new metric variables; build it symbolically first.
-    result = wrapped(*args, **kwargs)
+    # for JAX to carry new metric variables; build it symbolically first, on
+    # the batch Keras reads itself (and hands it, so it is read once). Where
+    # Keras reads none (a loaded model: all built but CompileLoss) only JAX
+    # needs one; elsewhere the first step builds CompileLoss.
     compile_loss = getattr(instance, "_compile_loss", None)
     if _config.mode is None or compile_loss is None or compile_loss.built:
-        return result
+        return wrapped(*args, **kwargs)
     from keras.src import backend
     from keras.src.trainers.data_adapters import data_adapter_utils
 
     def bind(iterator=None, data_batch=None):
         return iterator, data_batch
 
-    def symbolic(value):  # keras.src.tree only exists from 3.3
-        if isinstance(value, dict):
-            return {k: symbolic(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(symbolic(v) for v in value)
+    iterator, data_batch = bind(*args, **kwargs)
+    needed = _reads_a_batch(instance) or backend.backend() == "jax"
+    if data_batch is None and needed:
+        for _, data in iterator.enumerate_epoch():
+            data_batch = data[0]
+            break
+    result = wrapped(iterator=iterator, data_batch=data_batch)
+    if data_batch is None:
+        return result
+
+    def symbolic(value):
         if value is None:
             return None
         return backend.KerasTensor(value.shape, backend.standardize_dtype(value.dtype))
 
-    iterator, data_batch = bind(*args, **kwargs)
-    if data_batch is None:
-        for _, data in iterator.enumerate_epoch():
-            data_batch = data[0]
-            break
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(
-        symbolic(data_batch)
+        _adapters.tree().map_structure(symbolic, data_batch)
     )
     y_pred = backend.compute_output_spec(instance, x)
     backend.compute_output_spec(compile_loss, y, y_pred, sample_weight)

@@ -1,17 +1,36 @@
 """Keras 2's names for per-output loss metrics."""
 
+import collections.abc
 
-def flatten_with_names(structure, prefix=()):
-    """Leaves in `keras.tree.flatten` order, with their dict-key paths."""
-    if isinstance(structure, dict):
-        for key in sorted(structure):
-            yield from flatten_with_names(structure[key], prefix + (key,))
-    elif isinstance(structure, (list, tuple)):
-        for item in structure:
-            yield from flatten_with_names(item, prefix + (None,))
-    else:
-        named = [str(k) for k in prefix if k is not None]
-        yield structure, "/".join(named) if named else None
+from kerasfix import _adapters
+
+
+def flatten_with_names(structure):
+    """`(leaf, name)` pairs in Keras's own flatten order; a leaf's name joins
+    the dict keys on its way (None where there are none).
+
+    The order is Keras's (an `OrderedDict` in insertion order from 3.3,
+    sorted by dm-tree before), as `output_names` follow it. Paths come from
+    packing each leaf's position back into the structure, not from Keras's
+    `flatten_with_path`: 3.3-3.x lack it, and 3.15's torch one numbers a
+    namedtuple's fields in another order than it flattens them.
+    """
+    tree = _adapters.tree()
+    leaves = tree.flatten(structure)
+    names = [None] * len(leaves)
+
+    def walk(node, keys):
+        if isinstance(node, collections.abc.Mapping):
+            for key, value in node.items():
+                walk(value, keys + (str(key),))
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value, keys)
+        elif isinstance(node, int):
+            names[node] = "/".join(keys) or None
+
+    walk(tree.pack_sequence_as(structure, list(range(len(leaves)))), ())
+    return list(zip(leaves, names))
 
 
 def keras2_names(compile_loss, y_pred):
@@ -21,7 +40,7 @@ def keras2_names(compile_loss, y_pred):
     `output_<i>`. Repeated names get `_1`, `_2` ... as Keras 2's functional
     models did for several outputs of one layer.
     """
-    leaves = list(flatten_with_names(y_pred))
+    leaves = flatten_with_names(y_pred)
     names = [name for _, name in leaves]
     output_names = compile_loss.output_names
     if output_names and len(output_names) == len(names):

@@ -20,6 +20,14 @@ def _kerasfix_off():
     kerasfix.disable()
 
 
+@pytest.fixture(autouse=True)
+def _oracle_property(request, record_property):
+    """Marks the JUnit report of a test that compares with tf-keras, for the
+    matrix's oracle column (it counts those that passed)."""
+    if request.node.get_closest_marker("oracle"):
+        record_property("oracle", "1")
+
+
 @pytest.fixture
 def patched():
     import kerasfix

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def effective():
 def test_status_prints_a_table_and_json():
     table = cli()
     assert table.returncode == 0
-    assert "keras" in table.stdout and keras.__version__ in table.stdout
+    assert re.search(rf"^keras +{re.escape(keras.__version__)}$", table.stdout, re.M)
     info = json.loads(cli("status", "--json").stdout)
     assert set(info) == {
         "kerasfix", "keras", "backend", "internals", "requested_mode", "effective"
@@ -82,5 +83,16 @@ def test_check_exits_2_where_kerasfix_declines():
 def test_demo_prints_off_and_on_beside_raw_values():
     done = cli("demo")
     assert done.returncode == 0, done.stderr
-    assert "raw loss" in done.stdout and "kerasfix off" in done.stdout
-    assert "a_loss" in done.stdout and "b_loss" in done.stdout
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in done.stdout.splitlines()
+        if line.split()[:1] in (["a_loss"], ["b_loss"])
+    }
+    assert set(rows) == {"a_loss", "b_loss"}
+    if effective() != "patched":
+        return
+    for raw, off, on in rows.values():
+        assert on == raw  # kerasfix on reports the raw loss, to 4 decimals
+    if keras_version() < (3, 5):
+        assert [off for _, off, _ in rows.values()] == ["missing", "missing"]
+    assert "kerasfix on: raw losses (Keras 2) (patched)." in done.stdout

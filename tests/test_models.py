@@ -83,7 +83,7 @@ def test_train_and_test_on_batch_report_raw_losses(patched, run_eagerly):
 
 
 @pytest.mark.parametrize("run_eagerly", EAGER)
-def test_total_loss_is_bit_identical_to_upstream(run_eagerly):
+def test_total_loss_is_bit_identical_to_upstream(patch_supported, run_eagerly):
     x, ya, yb, _ = data(20)
     upstream = compiled(run_eagerly).evaluate(
         x, [ya, yb], batch_size=16, return_dict=True, verbose=0
@@ -125,6 +125,22 @@ def test_without_kerasfix_keras_reports_its_own_numbers():
         assert logs["a_loss"] == pytest.approx(raw["a"], rel=1e-5)
 
 
+@pytest.mark.skipif(keras_version() >= (3, 5), reason="Keras 3.5+ reports val_a_loss")
+def test_without_kerasfix_early_stopping_on_output_loss_raises_or_never_stops():
+    """The README's first table, Keras 3.0-3.4: in mode "auto" EarlyStopping
+    raises; with mode="min" it warns that val_a_loss is missing and never stops."""
+    x, ya, yb, _ = data(20)
+    model = compiled(optimizer=frozen_sgd())
+    fit = lambda stop: model.fit(  # noqa: E731
+        x, [ya, yb], validation_data=(x, [ya, yb]), epochs=5, callbacks=[stop], verbose=0
+    ).history
+    with pytest.raises(ValueError, match="maximized or minimized"):
+        fit(keras.callbacks.EarlyStopping(monitor="val_a_loss", patience=0))
+    with pytest.warns(UserWarning, match="val_a_loss"):
+        history = fit(keras.callbacks.EarlyStopping(monitor="val_a_loss", mode="min", patience=0))
+    assert len(history["loss"]) == 5 and "val_a_loss" not in history
+
+
 def test_early_stopping_monitors_val_output_loss(patched):
     x, ya, yb, _ = data(20)
     model = compiled(optimizer=frozen_sgd())
@@ -144,7 +160,7 @@ def test_early_stopping_monitors_val_output_loss(patched):
     assert len(history["val_a_loss"]) == 2
 
 
-def test_single_output_model_is_unchanged():
+def test_single_output_model_is_unchanged(patch_supported):
     x, ya, _, _ = data(20)
 
     def run():

@@ -105,6 +105,7 @@ def without_total(logs):
     return {k: v for k, v in logs.items() if k not in ("loss", "val_loss")}
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_names_and_values_equal_tf_keras(patch_supported, name):
     weights, theirs, their_history = run(tf_keras, name)
@@ -115,7 +116,7 @@ def test_names_and_values_equal_tf_keras(patch_supported, name):
         kerasfix.enable()
         with pytest.raises(type(error)):
             run(keras, name, weights_from=weights)
-        return
+        pytest.skip(f"Keras {keras.__version__} rejects it (so does kerasfix): {str(error)[:100]}")
     kerasfix.enable()
     _, ours, our_history = run(keras, name, weights_from=weights)
     assert set(ours) == set(theirs)

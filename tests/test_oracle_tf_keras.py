@@ -99,6 +99,7 @@ CASES = {
 }
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_history_matches_tf_keras_epoch_by_epoch(name):
     outputs, compile_kwargs, fit_kwargs = CASES[name]
@@ -128,6 +129,7 @@ def test_history_matches_tf_keras_epoch_by_epoch(name):
         assert ours[key] == pytest.approx(values, rel=1e-5), key
 
 
+@pytest.mark.oracle
 def test_regularizer_is_in_loss_but_not_in_per_output_metrics(patched):
     compile_kwargs = {"loss": ["mse", "binary_crossentropy"], "loss_weights": [1.0, 2.0]}
     weights, theirs = train(
@@ -144,7 +146,7 @@ def test_regularizer_is_in_loss_but_not_in_per_output_metrics(patched):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
 
 
-def test_class_weight_on_single_output_changes_nothing():
+def test_class_weight_on_single_output_changes_nothing(patch_supported):
     def run():
         keras.utils.set_random_seed(8)
         inp = keras.Input((5,))

@@ -72,3 +72,13 @@ def test_xdist_workers_run_with_the_session_mode(run):
     pytest.importorskip("xdist")
     result = run("--kerasfix=weighted", "-n", "2", expected="weighted")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [("1", "unweighted"), ("on", "unweighted"), ("TRUE", "unweighted"),
+     ("weighted", "weighted"), ("0", None), ("off", None)],
+)
+def test_option_takes_what_the_environment_variable_takes(run, value, expected):
+    result = run(f"--kerasfix={value}", expected=expected)
+    result.assert_outcomes(passed=1)

@@ -18,7 +18,7 @@ keras = pytest.importorskip("keras")
 
 import kerasfix  # noqa: E402
 from kerasfix import _adapters  # noqa: E402
-from support import backend, data, frozen_sgd, raw_losses, two_outputs  # noqa: E402
+from support import backend, data, frozen_sgd, raw_loss, raw_losses, two_outputs  # noqa: E402
 
 LOSSES = {"a": "mse", "b": "binary_crossentropy"}
 
@@ -69,10 +69,10 @@ x = rng.normal(size=(20, 4)).astype("float32")
 y = [(3 * rng.normal(size=(20, 1))).astype("float32"),
      (rng.random((20, 1)) > 0.5).astype("float32")]
 logs = model.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
-model.fit(x, y, batch_size=16, verbose=0)
 a, _ = model.predict(x, batch_size=20, verbose=0)
-raw = float(keras.ops.convert_to_numpy(keras.losses.MeanSquaredError()(y[0], a)))
-print(json.dumps({"logs": logs, "raw_a_before_fit": None}))
+raw_a = float(keras.ops.convert_to_numpy(keras.losses.MeanSquaredError()(y[0], a)))
+history = model.fit(x, y, batch_size=16, verbose=0).history
+print(json.dumps({"logs": logs, "raw_a": raw_a, "trained_loss": history["loss"][0]}))
 """
 
 
@@ -84,7 +84,7 @@ def load_in_new_process(path, kerasfix_value):
         text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])["logs"]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_saved_model_loads_compiled_with_and_without_kerasfix(patched, tmp_path):
@@ -96,10 +96,12 @@ def test_saved_model_loads_compiled_with_and_without_kerasfix(patched, tmp_path)
     path = tmp_path / "m.keras"
     model.save(path)
     on = load_in_new_process(path, "1")
-    assert on["a_loss"] == pytest.approx(raw["a"], rel=1e-5)
-    assert on["b_loss"] == pytest.approx(raw["b"], rel=1e-5)
+    assert on["logs"]["a_loss"] == pytest.approx(raw["a"], rel=1e-5)
+    assert on["logs"]["b_loss"] == pytest.approx(raw["b"], rel=1e-5)
+    assert on["raw_a"] == pytest.approx(raw["a"], rel=1e-5)  # the same model
     off = load_in_new_process(path, "0")
-    assert off["loss"] == pytest.approx(on["loss"], rel=1e-6)
+    assert off["logs"]["loss"] == pytest.approx(on["logs"]["loss"], rel=1e-6)
+    assert math.isfinite(off["trained_loss"])
 
 
 def test_compute_loss_override_feeds_kerasfix_what_reaches_compile_loss(patched):
@@ -186,35 +188,163 @@ def test_enable_disable_from_threads_never_leave_half_a_patch(patched):
     assert changed(snapshot(), off) == [set(), set()]
 
 
-def test_training_while_other_threads_call_the_api(patched):
-    x, ya, yb, _ = data(20)
-    model = two_outputs()
-    model.compile(frozen_sgd(), loss=list(LOSSES.values()), loss_weights=[0.5, 3.0])
-    stop, errors = threading.Event(), []
+def test_two_threads_inside_one_compile_loss_keep_their_own_records(patched):
+    """Two threads inside one CompileLoss's call at once (as eager torch or
+    `run_eagerly=True` runs them) while a third reads its metrics."""
+    from keras.src.trainers import compile_utils
 
-    def poke():
+    gate = threading.Barrier(3, timeout=60)
+    gated = threading.local()
+
+    def gated_mse(y_true, y_pred):
+        if getattr(gated, "on", False):
+            gate.wait()  # both callers are inside `call` ...
+            gate.wait()  # ... until the reader has read the metrics
+        return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    compile_loss = compile_utils.CompileLoss(
+        [gated_mse, "mae"], [0.5, 3.0], output_names=["a", "b"]
+    )
+    rng = np.random.default_rng(0)
+    batches = {
+        who: [[rng.normal(size=(n, 1)).astype("float32") for _ in range(4)] for n in sizes]
+        for who, sizes in (("first", (8, 3, 5)), ("second", (6, 2, 7)))
+    }
+    ones = np.ones((4, 1), "float32")
+    compile_loss([ones, ones], [ones, ones])  # builds and names its metrics
+    for m in compile_loss.metrics:
+        m.reset_state()
+    errors, seen = [], []
+
+    def call(who):
+        gated.on = True
         try:
-            while not stop.is_set():
-                kerasfix.enable()
-                kerasfix.status()
+            for ya, yb, pa, pb in batches[who]:
+                compile_loss([ya, yb], [pa, pb])
         except Exception as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=poke) for _ in range(2)]
+    def read():
+        try:
+            for _ in batches["first"]:
+                gate.wait()
+                seen.append([m.name for m in compile_loss.metrics])
+                gate.wait()
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=f, args=a) for f, a in
+               ((call, ("first",)), (call, ("second",)), (read, ()))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert seen == [["a_loss", "b_loss"]] * 3
+    every = [b for who in batches.values() for b in who]
+    count = sum(len(ya) for ya, _, _, _ in every)
+    want = {
+        "a_loss": sum(len(ya) * raw_loss("mse", ya, pa) for ya, _, pa, _ in every) / count,
+        "b_loss": sum(len(yb) * raw_loss("mae", yb, pb) for _, yb, _, pb in every) / count,
+    }
+    got = {m.name: float(m.result()) for m in compile_loss.metrics}
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_nested_call_of_one_compile_loss_restores_the_outer_records(patched):
+    from keras.src.trainers import compile_utils
+
+    calls = []
+
+    def reentrant(y_true, y_pred):
+        calls.append(1)
+        if len(calls) == 1:  # once: the loss computed inside a loss
+            compile_loss([y_true, y_true], [y_true, y_true])
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+    compile_loss = compile_utils.CompileLoss(
+        [reentrant, "mse"], None, output_names=["a", "b"]
+    )
+    ya, yb = np.zeros((4, 1), "float32"), np.zeros((4, 1), "float32")
+    pa, pb = np.full((4, 1), 2.0, "float32"), np.full((4, 1), 3.0, "float32")
+    compile_loss([ya, yb], [pa, pb])
+    got = {m.name: float(m.result()) for m in compile_loss.metrics}
+    # The inner call (both 0, 4 samples) and the outer one (2 and 9).
+    assert got == pytest.approx({"a_loss": 1.0, "b_loss": 4.5})
+
+
+def test_train_evaluate_read_metrics_and_toggle_from_threads_at_once(patched):
+    """Threads train, evaluate and read one model's metrics while others
+    call enable()/disable(): nothing raises and no metric list holds None.
+
+    Not on JAX, where Keras's own trainer forbids both: it empties variables
+    while a step runs (another thread's `result()` finds no value), and it
+    fixes the list of metric variables when a step is built (a switch in a
+    run changes it: IndexError in Keras's loop; see README, Reliability).
+    """
+    if backend() == "jax":
+        pytest.skip("Keras's JAX trainer does not allow it, with or without kerasfix")
+    x, ya, yb, _ = data(20)
+
+    def compiled():
+        model = two_outputs()
+        model.compile(
+            frozen_sgd(), loss=list(LOSSES.values()), loss_weights=[0.5, 3.0],
+            run_eagerly=True,
+        )
+        return model
+
+    trained, evaluated = compiled(), compiled()
+    for model in (trained, evaluated):  # Keras builds one model at a time
+        model.fit(x, [ya, yb], batch_size=16, verbose=0)
+    stop, errors = threading.Event(), []
+
+    def guarded(work):
+        def run():
+            try:
+                while not stop.is_set():
+                    work()
+            except Exception as error:  # pragma: no cover - reported below
+                errors.append(error)
+                stop.set()
+
+        return threading.Thread(target=run)
+
+    def read():
+        for model in (trained, evaluated):
+            assert None not in model.metrics
+            assert all(isinstance(n, str) for n in model.metrics_names)
+            model.get_metrics_result()
+        evaluated.reset_metrics()
+
+    def toggle():
+        kerasfix.disable()
+        kerasfix.status()
+        kerasfix.enable()
+
+    threads = [
+        guarded(lambda: evaluated.evaluate(x, [ya, yb], batch_size=16, verbose=0)),
+        guarded(read),
+        guarded(toggle),
+    ]
     for t in threads:
         t.start()
     try:
-        history = model.fit(
-            x, [ya, yb], batch_size=16, epochs=3, validation_data=(x, [ya, yb]), verbose=0
-        ).history
+        for _ in range(3):
+            trained.fit(x, [ya, yb], batch_size=16, validation_data=(x, [ya, yb]), verbose=0)
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert errors == []
+    kerasfix.enable()
+    model = compiled()  # compiled again: kerasfix's metrics, right values
+    history = model.fit(
+        x, [ya, yb], batch_size=16, epochs=2, validation_data=(x, [ya, yb]), verbose=0
+    ).history
     raw = raw_losses(model, x, {"a": ya, "b": yb}, LOSSES)
-    assert history["a_loss"] == pytest.approx([raw["a"]] * 3, rel=1e-5)
-    assert history["val_b_loss"] == pytest.approx([raw["b"]] * 3, rel=1e-5)
+    assert history["a_loss"] == pytest.approx([raw["a"]] * 2, rel=1e-5)
+    assert history["val_b_loss"] == pytest.approx([raw["b"]] * 2, rel=1e-5)
 
 
 # Hostile input: whatever Keras does, kerasfix does, but for the metrics.
@@ -242,7 +372,9 @@ def hostile(draw):
 
 
 def outcome(case):
-    """(exception type, None) or (None, logs) for one train and test step."""
+    """(exception type, None) or (None, results) for one train and one test
+    step: both totals, and each output's raw loss recomputed from `predict`
+    beside the test step's per-output metrics."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     inp = keras.Input((3,))
@@ -282,10 +414,21 @@ def outcome(case):
             model = keras.Model(inp, outs)
             model.compile(frozen_sgd(), loss=losses, loss_weights=weights)
             train = model.train_on_batch(x, y, return_dict=True)
+            model.reset_metrics()
             test = model.test_on_batch(x, y, return_dict=True)
+            preds = model.predict(x, verbose=0) if case["batch"] else None
     except Exception as error:
         return type(error), None
-    return None, {"train": train["loss"], "test": test["loss"]}
+    raw = None
+    if preds is not None:
+        flat_y, flat_p = _adapters.tree().flatten(y), _adapters.tree().flatten(preds)
+        raw = [
+            float(np.mean(np.square(t.astype("float64") - p.astype("float64"))))
+            for t, p in zip(flat_y, flat_p)
+        ]
+    per_output = [float(v) for k, v in test.items() if k != "loss"]
+    return None, {"train": train["loss"], "test": test["loss"], "raw": raw,
+                  "per_output": per_output}
 
 
 def same(a, b):
@@ -309,3 +452,9 @@ def test_hostile_input_changes_nothing_but_the_metrics(patched, case):
     if upstream is not None:
         assert same(float(ours["train"]), float(upstream["train"]))
         assert same(float(ours["test"]), float(upstream["test"]))
+        assert len(ours["per_output"]) == len(case["names"])
+        if ours["raw"] is not None:  # each output's metric is its raw loss
+            by_value = lambda v: (math.isnan(v), v)  # noqa: E731
+            for mine, raw in zip(sorted(ours["per_output"], key=by_value),
+                                 sorted(ours["raw"], key=by_value)):
+                assert same(mine, raw)
