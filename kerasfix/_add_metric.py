@@ -21,7 +21,7 @@ by calling the model symbolically on a batch.
 import threading
 import weakref
 
-from kerasfix import _adapters, _config, _wrapping
+from kerasfix import _adapters, _config, _symbolic, _wrapping
 
 _layout = None  # the add_metric layout found when the patch went in
 _local = threading.local()  # .step: _Pass of the forward pass running, .discovery
@@ -230,44 +230,24 @@ def _trainer_metrics(fget, instance):
     return metrics + ours if ours else metrics
 
 
-def _first_batch(iterator, data_batch):
-    if data_batch is not None:
-        return data_batch
-    for item in iterator.enumerate_epoch():
-        data = item[-1]  # (step, data) up to 3.6, (begin, end, data) after
-        return data[0] if isinstance(data, (list, tuple)) else next(data)
-    return None
-
-
-def _symbolic(value):
-    from keras.src import backend
-    from keras.src.backend.common.variables import standardize_dtype
-
-    if isinstance(value, dict):
-        return {k: _symbolic(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_symbolic(v) for v in value)
-    if value is None:
-        return None
-    return backend.KerasTensor(value.shape, standardize_dtype(value.dtype))
-
-
 def _symbolic_build(listed):
     def wrapper(wrapped, instance, args, kwargs):
         # JAX traces a step with the metric variables that exist before it:
         # call the model symbolically once to meet its add_metric names.
-        result = wrapped(*args, **kwargs)
         if _config.mode is None or instance in _discovered:
-            return result
+            return wrapped(*args, **kwargs)
         _discovered.add(instance)
 
         def bind(iterator=None, data_batch=None):
             return iterator, data_batch
 
-        batch = _first_batch(*bind(*args, **kwargs))
+        iterator, batch = bind(*args, **kwargs)
         if batch is None:
-            return result
-        _discover(instance, batch, listed)
+            batch = _symbolic.first_batch(iterator)
+        # Handed down, so Keras (and kerasfix's loss metrics) read no other.
+        result = wrapped(iterator=iterator, data_batch=batch)
+        if batch is not None:
+            _discover(instance, batch, listed)
         return result
 
     return wrapper
@@ -277,7 +257,7 @@ def _discover(model, batch, listed):
     from keras.src import backend
     from keras.src.trainers.data_adapters import data_adapter_utils
 
-    x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(_symbolic(batch))
+    x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(_symbolic.spec(batch))
     step = _local.discovery = _Pass(None, model)
     try:
         if getattr(model, "_call_has_training_arg", False):

@@ -21,7 +21,7 @@ import weakref
 
 import wrapt
 
-from kerasfix import _adapters, _config, _names, _wrapping
+from kerasfix import _adapters, _config, _names, _symbolic, _wrapping
 
 _tracked = weakref.WeakKeyDictionary()  # CompileLoss -> _Tracked
 # Per thread: `calls`, {_Tracked: records of its call under way}, and
@@ -341,20 +341,12 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     iterator, data_batch = bind(*args, **kwargs)
     needed = _reads_a_batch(instance) or backend.backend() == "jax"
     if data_batch is None and needed:
-        for _, data in iterator.enumerate_epoch():
-            data_batch = data[0]
-            break
+        data_batch = _symbolic.first_batch(iterator)
     result = wrapped(iterator=iterator, data_batch=data_batch)
     if data_batch is None:
         return result
-
-    def symbolic(value):
-        if value is None:
-            return None
-        return backend.KerasTensor(value.shape, backend.standardize_dtype(value.dtype))
-
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(
-        _adapters.tree().map_structure(symbolic, data_batch)
+        _symbolic.spec(data_batch)
     )
     y_pred = backend.compute_output_spec(instance, x)
     backend.compute_output_spec(compile_loss, y, y_pred, sample_weight)
