@@ -119,9 +119,7 @@ def main(argv=None):
                 x, y = data
 
                 def loss_fn(trainable):
-                    y_pred, nt = self.stateless_call(
-                        trainable, non_trainable, x, training=True
-                    )
+                    y_pred, nt = self.stateless_call(trainable, non_trainable, x)
                     loss, _ = self.stateless_compute_loss(
                         trainable, nt, metric_vars, x=x, y=y, y_pred=y_pred
                     )
