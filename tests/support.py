@@ -1,5 +1,9 @@
 """Small real models and independent loss recomputation for the tests."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 keras = None
@@ -99,3 +103,13 @@ def raw_losses(model, x, ys, losses, sample_weight=None):
         sw = sample_weight.get(name) if isinstance(sample_weight, dict) else sample_weight
         out[name] = raw_loss(loss, ys[name], preds[name], sw)
     return out
+
+
+def cli(*args, **env):
+    """`python -m kerasfix ARGS` in a new process, with only `env`'s KERASFIX*."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "kerasfix", *args],
+        env=full, capture_output=True, text=True, timeout=300,
+    )

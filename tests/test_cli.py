@@ -1,28 +1,13 @@
 """`python -m kerasfix`: status, check (exit 0/1/2) and demo."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from support import keras_version  # noqa: E402
-
-
-def cli(*args, **env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
-    full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "kerasfix", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from support import cli, keras_version  # noqa: E402
 
 
 def effective():

@@ -2,8 +2,6 @@
 under another distribution name (keras-nightly) changes nothing."""
 
 import json
-import os
-import subprocess
 import sys
 import types
 
@@ -14,15 +12,7 @@ trainer_module = pytest.importorskip("keras.src.trainers.trainer")
 
 import kerasfix  # noqa: E402
 from kerasfix import _adapters  # noqa: E402
-
-
-def cli(*args, **env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
-    full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "kerasfix", *args],
-        env=full, capture_output=True, text=True, timeout=300,
-    )
+from support import cli  # noqa: E402
 
 
 def detect(trainer):

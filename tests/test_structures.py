@@ -10,7 +10,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import kerasfix  # noqa: E402
-from kerasfix import _adapters, _config, _loss_metrics  # noqa: E402
+from kerasfix import _config, _loss_metrics  # noqa: E402
 from support import frozen_sgd, keras_version, raw_loss  # noqa: E402
 
 compile_utils = pytest.importorskip("keras.src.trainers.compile_utils")
