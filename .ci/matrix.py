@@ -186,8 +186,8 @@ def run(name, backend, python):
 
 def table(results):
     rows = [
-        "| Keras | backend | kerasfix | tests passed / failed / skipped | tf-keras oracle tests passed |",
-        "|---|---|---|---|---|",
+        "| Keras | backend | kerasfix | tests passed / failed / skipped | tf-keras oracle tests passed | run on |",
+        "|---|---|---|---|---|---|",
     ]
     order = sorted(
         results.items(),
@@ -197,7 +197,7 @@ def table(results):
     for _, r in order:
         rows.append(
             f"| {r['keras']} | {r['backend']} | {r['effective']} | "
-            f"{r['passed']} / {r['failed']} / {r['skipped']} | {r['oracle'] or '-'} |"
+            f"{r['passed']} / {r['failed']} / {r['skipped']} | {r['oracle'] or '-'} | {r['date']} |"
         )
     return "\n".join(rows)
 
