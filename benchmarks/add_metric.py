@@ -10,7 +10,8 @@ and its per-sample squared norm):
 - add_metric: the output layer calls `self.add_metric(...)` twice (kerasfix
   on), with Keras's own `train_step`;
 - keras3: the Keras 3 way, two `Mean` trackers updated in a custom
-  `train_step` written for this backend;
+  `train_step` written for this backend (which updates the `loss` tracker
+  as Keras's own step does, so both log the same);
 - unlogged (for reference, no goal): the same model logging nothing, with
   Keras's own `train_step`.
 
@@ -94,6 +95,7 @@ def main(argv=None):
                     loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
                 grads = tape.gradient(loss, self.trainable_variables)
                 self.optimizer.apply(grads, self.trainable_variables)
+                self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
                 self._log(y_pred)
                 return self.compute_metrics(x, y, y_pred)
 
@@ -107,6 +109,7 @@ def main(argv=None):
                 loss.backward()
                 variables = self.trainable_weights
                 self.optimizer.apply([v.value.grad for v in variables], variables)
+                self._loss_tracker.update_state(loss.detach(), sample_weight=x.shape[0])
                 self._log(y_pred.detach())
                 return self.compute_metrics(x, y, y_pred)
 
