@@ -232,6 +232,8 @@ def test_renamed_metrics_warn_once_per_model_with_the_mapping(patch_supported):
     y = age_gender_targets()
     loss = AGE_GENDER_LOSSES["one"]
     keras_own = logged_names(age_gender, loss, y)
+    if isinstance(keras_own, type):
+        pytest.skip(f"Keras {keras.__version__} raises {keras_own.__name__} for this model")
     kerasfix.enable()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
