@@ -7,6 +7,7 @@ while `import keras` is still under way.
 """
 
 import collections
+import importlib
 import inspect
 
 COMPILE_UTILS = "keras.src.trainers.compile_utils"
@@ -181,17 +182,15 @@ _tree = None
 
 def tree():
     """Keras's own structure functions for this release (`flatten`,
-    `pack_sequence_as`, `map_structure`): `keras.src.tree` from 3.3, before
-    that dm-tree, which Keras 3.0-3.2 import as `tree`."""
+    `pack_sequence_as`, `map_structure`): the `tree` CompileLoss itself
+    uses, `keras.src.tree` from 3.3, `keras.src.utils.tree` in 3.2, dm-tree
+    in 3.0-3.1 (whose `pack_sequence_as` is `unflatten_as`)."""
     global _tree
     if _tree is None:
-        try:
-            from keras.src import tree as keras_tree
-        except ImportError:
-            import tree as dm_tree
-
-            keras_tree = _DmTree(dm_tree.flatten, dm_tree.unflatten_as, dm_tree.map_structure)
-        _tree = keras_tree
+        found = importlib.import_module(COMPILE_UTILS).tree
+        if not hasattr(found, "pack_sequence_as"):
+            found = _DmTree(found.flatten, found.unflatten_as, found.map_structure)
+        _tree = found
     return _tree
 
 
