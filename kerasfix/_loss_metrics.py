@@ -14,6 +14,7 @@ loss of one model at once (eager torch, `run_eagerly=True`, two traces), and
 a loss may even be called inside its own call.
 """
 
+import contextlib
 import sys
 import threading
 import warnings
@@ -208,9 +209,18 @@ def _update_metrics(compile_loss, tracked, records, mode):
         if mode == "weighted" and weight is not None:
             value = ops.multiply(value, weight)
         updates.append((metric, value))
-    with tracked.updating:
+    with contextlib.nullcontext() if _in_tf_replicas() else tracked.updating:
         for metric, value in updates:
             metric.update_state(value, sample_weight=batch_size)
+
+
+def _in_tf_replicas():
+    # tf.distribute traces each replica in its own thread and makes them
+    # meet inside a variable update (merge_call): a lock held across the
+    # update would deadlock them (seen on Keras 3.7-3.8). Those threads only
+    # build a graph, so they cannot lose an update.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and tf.distribute.has_strategy()
 
 
 def _built_before_enable(compile_loss):
