@@ -107,38 +107,19 @@ PATH_TUPLES = PathTuples("path-tuples", "3.7", True)
 PATH_TUPLES_SCALED = PathTuples("path-tuples+scaling", "3.8+", True, True)
 
 
-_AddMetricFields = collections.namedtuple(
-    "_AddMetricFields", "name releases lists_layer_metrics"
-)
+def missing_for_add_metric(layer_module):
+    """What `add_metric` needs from `Layer` and does not find, or None.
 
-
-class AddMetricLayout(_AddMetricFields):
-    """What `add_metric` needs to know about one family of releases.
-
-    `lists_layer_metrics` is True where the trainer's `metrics` lists the
-    metrics every sublayer tracks (3.4+, through `Layer.metrics`); before,
-    a `Metric` whose result is passed to `add_metric` from a sublayer has to
-    be listed by kerasfix.
+    Which metrics Keras already lists differs by release (3.4+ lists every
+    sublayer's); kerasfix asks the trainer at run time instead of a table.
     """
-
-    __slots__ = ()
-
-
-OWN_METRICS = AddMetricLayout("own-metrics", "3.0-3.3", False)
-LAYER_METRICS = AddMetricLayout("layer-metrics", "3.4+", True)
-
-
-def detect_add_metric(layer_module):
-    """Returns `(layout, None)` or `(None, "what was not found")`."""
     layer = getattr(layer_module, "Layer", None)
     if not isinstance(layer, type):
-        return None, f"no Layer class in {LAYER}"
+        return f"no Layer class in {LAYER}"
     missing = [m for m in ("add_metric", "_clear_losses") if m not in vars(layer)]
     if missing:
-        return None, f"Layer does not define {', '.join(missing)}"
-    if isinstance(vars(layer).get("metrics"), property):
-        return LAYER_METRICS, None
-    return OWN_METRICS, None
+        return f"Layer does not define {', '.join(missing)}"
+    return None
 
 
 def base_trainer(trainer_module):

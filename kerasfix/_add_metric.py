@@ -23,7 +23,6 @@ import weakref
 
 from kerasfix import _adapters, _config, _symbolic, _wrapping
 
-_layout = None  # the add_metric layout found when the patch went in
 _local = threading.local()  # .step: _Pass of the forward pass running, .discovery
 _added = weakref.WeakKeyDictionary()  # model -> {name: _Added}
 _discovered = weakref.WeakSet()  # models already called symbolically
@@ -273,16 +272,14 @@ def _discover(model, batch, listed):
 
 def install(trainer):
     """Wraps what `add_metric` needs on this release, where it is known."""
-    global _layout
     import importlib
 
     layer_module = importlib.import_module(_adapters.LAYER)
     metric_module = importlib.import_module(_adapters.METRIC)
-    layout, why = _adapters.detect_add_metric(layer_module)
-    if layout is None:
+    why = _adapters.missing_for_add_metric(layer_module)
+    if why is not None:
         _config.warn_once(f"kerasfix left Keras's `add_metric` alone: {why}.")
         return
-    _layout = layout
     listed = trainer.metrics.fget  # Keras's own list, before ours is added
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
     _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
@@ -293,6 +290,4 @@ def install(trainer):
 
 
 def uninstall():
-    global _layout
-    _layout = None
     _local.step = None
