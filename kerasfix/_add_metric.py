@@ -193,9 +193,13 @@ def _update(model, step, listed):
 
     for layer, name, value, metric in step.records:
         if metric is None:
-            # Keras 2's Mean counted every element of the value once.
+            # Keras 2's Mean counted every element of the value once; Keras
+            # 3's counts rows, the same for a value of rank 0 or 1.
             mean = _metric_for(model, layer, name, value, None, listed)
-            mean.update_state(ops.reshape(value, (-1,)))
+            if getattr(value, "ndim", None) in (0, 1):
+                mean.update_state(value)
+            else:
+                mean.update_state(ops.reshape(value, (-1,)))
             continue
         _metric_for(model, layer, name, value, metric, listed)
     for _, metric, args, kwargs, deferred in step.results.values():
