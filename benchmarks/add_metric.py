@@ -15,11 +15,10 @@ and its per-sample squared norm):
 - unlogged (for reference, no goal): the same model logging nothing, with
   Keras's own `train_step`.
 
-The step time is the median time from one step's end to the next's, over
-every turn (so `fit`'s own set-up is left out); the goal is judged on the
-ratio of those medians. The quartiles of the same ratio taken within each
-round show how much the machine's speed moved. A Python loss function
-counts how often each model's step is traced.
+Step times are measured as `_turns.py` says; the goal is judged on the
+ratio of the median step times. A Python loss function counts how often
+each model's step is traced; on TensorFlow the ops of both traced steps are
+compared too.
 """
 
 import argparse
@@ -28,7 +27,8 @@ import os
 import platform
 import statistics
 import sys
-import time
+
+import _turns
 
 FEATURES, HIDDEN, BATCH = 64, 512, 128
 
@@ -164,20 +164,8 @@ def main(argv=None):
     x = rng.normal(size=(n, FEATURES)).astype("float32")
     y = rng.normal(size=(n, 1)).astype("float32")
 
-    class Clock(keras.callbacks.Callback):
-        """Times each step: from one step's end to the next one's."""
-
-        def on_train_begin(self, logs=None):
-            self.ends = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])  # waits for the step: JAX runs ahead otherwise
-            self.ends.append(time.perf_counter())
-
-    def turn(m):
-        clock = Clock()
-        logs = m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
-        return [b - a for a, b in zip(clock.ends, clock.ends[1:])], logs.history
+    def fit(m, callbacks=()):
+        return m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
 
     def step_ops(m):
         """The ops of `m`'s traced train step, by type (TensorFlow)."""
@@ -191,21 +179,11 @@ def main(argv=None):
 
     names = ["keras3", "add_metric", "unlogged"]
     models = {name: model(name) for name in names}
-    logged = {name: sorted(turn(m)[1]) for name, m in models.items()}
+    logged = {name: sorted(fit(m).history) for name, m in models.items()}
     first_traces = dict(traces)
-    steps = {name: [] for name in names}
-    rounds = []
-    for r in range(args.rounds):
-        # This host's speed drifts by tens of per cent within seconds: the
-        # models take short turns in a rotating order, so each meets the
-        # same drift.
-        turns = {name: turn(models[name])[0] for name in names[r % 3:] + names[:r % 3]}
-        for name in names:
-            steps[name] += turns[name]
-        rounds.append(statistics.median(turns["add_metric"]) / statistics.median(turns["keras3"]))
+    steps, medians = _turns.take_turns(models, args.rounds, fit)
     median = {name: statistics.median(t) * 1e3 for name, t in steps.items()}
-    ratio = median["add_metric"] / median["keras3"]
-    quartiles = statistics.quantiles(rounds, n=4)
+    ratio, quartiles = _turns.ratio(steps, medians, "add_metric", "keras3")
     traced = dict(traces)  # step_ops below traces each step once more
     limit = 1.05 if backend == "torch" else 1.02
     report = {
@@ -228,8 +206,8 @@ def main(argv=None):
         ("no retracing after the first turn", traced == first_traces or backend == "torch"),
     ]
     if backend == "tensorflow":
-        ops = report["step_graph_ops"]
-        goals.append(("same ops in both step graphs", ops["add_metric"] == ops["keras3"]))
+        graphs = report["step_graph_ops"]
+        goals.append(("same ops in both step graphs", graphs["add_metric"] == graphs["keras3"]))
     for goal, met in goals:
         print(f"{'met ' if met else 'MISSED'}  {goal}")
     return 0 if all(met for _, met in goals) else 1

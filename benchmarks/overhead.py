@@ -15,7 +15,8 @@ the loss costs more than the model:
 - workaround: unpatched, with each output's loss recomputed as a compile
   metric, which is what users write today to see raw per-output losses.
 
-A Python loss function counts how often each model's step is traced (for
+Step times are measured as `_turns.py` says. A Python loss function
+counts how often each model's step is traced (for
 compiled steps Python runs only while tracing). `import kerasfix` is timed
 in fresh interpreters.
 """
@@ -27,8 +28,9 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 import warnings
+
+import _turns
 
 CLASSES, FEATURES, EMBED, BATCH = 2000, 64, 1024, 128
 
@@ -110,25 +112,20 @@ def main(argv=None):
         )
         return m
 
-    def turn(m):
-        start = time.perf_counter()
-        m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-        return (time.perf_counter() - start) / args.steps
+    def fit(m, callbacks=()):
+        m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
 
     models = {"unpatched": model("unpatched"), "workaround": model("workaround")}
     for m in models.values():
-        turn(m)  # traced and built before kerasfix is on
+        fit(m)  # traced and built before kerasfix is on
     kerasfix.enable()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerasfix.KerasfixWarning)
         models["kerasfix"] = model("kerasfix")
-        turn(models["kerasfix"])
-        times = {name: [] for name in models}
-        for _ in range(args.rounds):
-            for name, m in models.items():
-                times[name].append(turn(m))
-    median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-    ratio = median["kerasfix"] / median["unpatched"]
+        fit(models["kerasfix"])
+        steps, medians = _turns.take_turns(models, args.rounds, fit)
+    median = {name: statistics.median(t) * 1e3 for name, t in steps.items()}
+    ratio, quartiles = _turns.ratio(steps, medians, "kerasfix", "unpatched")
     limit = 1.05 if backend == "torch" else 1.02
     import_ms, heavy = import_cost()
     report = {
@@ -137,6 +134,7 @@ def main(argv=None):
         "backend": backend,
         "median_step_ms": {k: round(v, 3) for k, v in median.items()},
         "kerasfix/unpatched": round(ratio, 4),
+        "kerasfix/unpatched per round, quartiles": [round(q, 4) for q in quartiles],
         "workaround/unpatched": round(median["workaround"] / median["unpatched"], 4),
         "traces": traces,
         "import_kerasfix_ms": round(import_ms, 2),
