@@ -52,7 +52,8 @@ def apply(trainer_module):
         _declined = why
         message = (
             f"kerasfix did not patch Keras {_version()}: {why}. "
-            "Per-output loss metrics are Keras's own."
+            "Keras runs as it is: its own per-output loss metrics, names, "
+            "callbacks and `add_metric`."
         )
         if _config.strict:
             raise KerasfixError(message + " Unset KERASFIX_STRICT to run anyway.")
