@@ -102,8 +102,8 @@ def test_vae_logs_what_tf_keras_logs(patched, functional, run_eagerly):
     got = _fit(__import__("keras"), model, run_eagerly)
     assert set(got) == set(expected)
     for name in expected:
-        if name in ("loss", "val_loss") and support.keras_version() < (3, 2):
-            continue  # Keras 3.0-3.1 average `loss` per batch, whatever its size
+        if name in ("loss", "val_loss") and support.loss_is_per_batch():
+            continue
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, err_msg=name)
     assert {"kl_loss", "val_kl_loss"} <= set(got)
 

@@ -6,7 +6,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import kerasfix  # noqa: E402
-from support import keras_version  # noqa: E402
+from support import loss_is_per_batch  # noqa: E402
 
 RNG = np.random.default_rng(5)
 X = RNG.normal(size=(44, 4)).astype("float32")
@@ -67,7 +67,7 @@ def test_metrics_names_and_list_results_equal_tf_keras(patched, names):
     ours = build(keras, names, theirs.get_weights())
     our_values = ours.evaluate(X, YS, batch_size=8, verbose=0)
     assert ours.metrics_names == theirs.metrics_names
-    if keras_version() < (3, 2):  # 3.0-3.1 average `loss` per batch, whatever its size
+    if loss_is_per_batch():
         our_values, their_values = our_values[1:], their_values[1:]
     assert our_values == pytest.approx(their_values, rel=1e-5)
     first, second = names

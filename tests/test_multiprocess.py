@@ -23,7 +23,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from support import backend, keras_version  # noqa: E402
+from support import backend, loss_is_per_batch  # noqa: E402
 
 TIMEOUT = 300  # seconds for all three processes together
 ENGINES = {
@@ -265,7 +265,7 @@ def weighted_sum(logs):
 
 @pytest.mark.parametrize("phase", PHASES)
 def test_weighted_per_output_losses_add_up_to_loss_in_two_processes(runs, phase):
-    if keras_version() < (3, 2):
+    if loss_is_per_batch():
         pytest.skip("Keras 3.0-3.1 average `loss` per batch, whatever its size")
     for processes in ("one", "two"):
         logs = runs[processes]["patched"]["builtin"][phase]

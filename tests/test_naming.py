@@ -8,7 +8,7 @@ keras = pytest.importorskip("keras")
 tf_keras = pytest.importorskip("tf_keras")
 
 import kerasfix  # noqa: E402
-from support import data, keras_version  # noqa: E402
+from support import data, keras_version, loss_is_per_batch  # noqa: E402
 
 
 def shared_layer(k):
@@ -97,9 +97,7 @@ def run(k, name, weights_from=None):
 
 
 def without_total(logs):
-    # Keras 3.0-3.1 averages `loss` over batches regardless of their size;
-    # kerasfix leaves `loss` to Keras, so it is compared from 3.2 on.
-    if keras_version() >= (3, 2):
+    if not loss_is_per_batch():
         return logs
     return {k: v for k, v in logs.items() if k not in ("loss", "val_loss")}
 
