@@ -59,10 +59,13 @@ def disable():
 def status():
     """What kerasfix does in this process, as a dict.
 
-    Keys: kerasfix, keras, backend, internals, requested_mode, effective.
-    `effective` is "patched" (Keras 2 semantics in force), "upstream"
-    (kerasfix off), "native" (Keras 2 itself), "unsupported" (kerasfix
-    declined this Keras) or "no keras". Imports Keras to find out.
+    Keys: kerasfix, keras, backend, internals, requested_mode, effective,
+    mechanisms. `effective` is "patched" (Keras 2 semantics in force),
+    "partial" (some mechanisms off: `mechanisms` says which and why),
+    "upstream" (kerasfix off), "native" (Keras 2 itself), "unsupported"
+    (kerasfix declined this Keras) or "no keras". `mechanisms` maps each
+    of kerasfix's mechanisms to "on" or "off: <why>" while kerasfix is on.
+    Imports Keras to find out.
     """
     keras_version = _adapters.keras_version()
     info = {
@@ -72,6 +75,7 @@ def status():
         "internals": None,
         "requested_mode": _config.mode,
         "effective": "no keras",
+        "mechanisms": None,
     }
     if keras_version is None:
         return info
@@ -80,17 +84,25 @@ def status():
         return info
     import importlib
 
-    importlib.import_module(_adapters.TRAINER)
+    importlib.import_module(_adapters.MODEL)
     from keras.src import backend
 
+    info["backend"] = backend.backend()
+    if _hook.failed is not None:
+        info["internals"] = _hook.failed
+        info["effective"] = "unsupported"
+        return info
     from kerasfix import _patch
 
-    info["backend"] = backend.backend()
     if _patch._adapter is not None:
         info["internals"] = (
             f"{_patch._adapter.name} (Keras {_patch._adapter.releases})"
         )
-        info["effective"] = "patched"
+        info["mechanisms"] = {
+            name: f"off: {_patch.off[name]}" if name in _patch.off else "on"
+            for name in _patch.MECHANISMS
+        }
+        info["effective"] = "partial" if _patch.off else "patched"
     elif _patch._declined is not None:
         info["internals"] = _patch._declined
         info["effective"] = "unsupported"

@@ -17,6 +17,8 @@ LAYER = "keras.src.layers.layer"
 METRIC = "keras.src.metrics.metric"
 VERSION = "keras.src.version"
 CALLBACKS = "keras.src.callbacks"
+MODEL = "keras.src.models.model"
+PYTHON_UTILS = "keras.src.utils.python_utils"
 
 
 _Fields = collections.namedtuple(
@@ -107,8 +109,9 @@ PATH_TUPLES = PathTuples("path-tuples", "3.7", True)
 PATH_TUPLES_SCALED = PathTuples("path-tuples+scaling", "3.8+", True, True)
 
 
-def missing_for_add_metric(layer_module):
-    """What `add_metric` needs from `Layer` and does not find, or None.
+def missing_for_add_metric(layer_module, trainer, backend):
+    """What `add_metric` needs from `Layer` and the trainer and does not
+    find, or None.
 
     Which metrics Keras already lists differs by release (3.4+ lists every
     sublayer's); kerasfix asks the trainer at run time instead of a table.
@@ -119,7 +122,87 @@ def missing_for_add_metric(layer_module):
     missing = [m for m in ("add_metric", "_clear_losses") if m not in vars(layer)]
     if missing:
         return f"Layer does not define {', '.join(missing)}"
+    missing = [m for m in ("compute_loss", "_symbolic_build", "metrics") if m not in vars(trainer)]
+    if missing:
+        return f"{trainer.__name__} does not define {', '.join(missing)}"
+    return _jax_drops_updates(trainer, backend)
+
+
+def _jax_drops_updates(trainer, backend):
+    if backend == "jax" and "stateless_compute_loss" not in vars(trainer):
+        return (
+            f"{trainer.__name__}.stateless_compute_loss not found: the JAX "
+            "trainer of this release drops metric updates made while "
+            "computing the loss"
+        )
     return None
+
+
+def missing_for_order(compile_utils, trainer, callbacks_module):
+    """What Keras 2's names and order need and do not find, or None."""
+    missing = [
+        m for m in ("metrics_names", "_flatten_metrics_in_order") if m not in vars(trainer)
+    ]
+    if missing:
+        return f"{trainer.__name__} does not define {', '.join(missing)}"
+    compile_metrics = getattr(compile_utils, "CompileMetrics", None)
+    kept = _attributes_set(vars(compile_metrics).get("build")) if compile_metrics else set()
+    if not {"_flat_metrics", "_flat_weighted_metrics"} <= kept:
+        return "CompileMetrics.build keeps no _flat_metrics and _flat_weighted_metrics"
+    if not isinstance(getattr(callbacks_module, "CallbackList", None), type):
+        return f"no CallbackList class in {CALLBACKS}"
+    return None
+
+
+def result_owner(model_module):
+    """The class whose `evaluate`, `train_on_batch` and `test_on_batch`
+    `keras.Model` runs: the backend's trainer, under whatever name."""
+    model = getattr(model_module, "Model", None)
+    for cls in getattr(model, "__mro__", ()):
+        if {"evaluate", "train_on_batch", "test_on_batch"} <= vars(cls).keys():
+            return cls
+    return None
+
+
+def log_sorters(trainer, callback_list):
+    """`(owner, name)` of each function that turns logs into Python numbers
+    and sorts their keys on the way: `python_utils.pythonify_logs` (3.7+),
+    `CallbackList._pythonify_logs` (3.6), `Trainer._pythonify_logs`
+    (3.0-3.6)."""
+    utils = importlib.import_module(PYTHON_UTILS)
+    found = [(cls, "_pythonify_logs") for cls in (trainer, callback_list)]
+    found.append((utils, "pythonify_logs"))
+    return [(owner, name) for owner, name in found if name in vars(owner)]
+
+
+def compiled_metric_names(compile_metrics):
+    """The names `CompileMetrics.result()` gives its values, in Keras 2's
+    order: output by output, its `metrics` then its `weighted_metrics`.
+
+    Keras's own naming (the same from 3.0 to 3.16) replayed on the metric
+    objects, so no `result()` runs: a metric may not even have variables
+    before its first update.
+    """
+    if not compile_metrics.built:
+        return []
+    counts, named = {}, []
+    groups = (compile_metrics._flat_metrics, compile_metrics._flat_weighted_metrics)
+    for group, lists in enumerate(groups):
+        for output, listed in enumerate(lists):
+            if not listed:
+                continue
+            prefix = f"{listed.output_name}_" if listed.output_name else ""
+            for position, metric in enumerate(listed.metrics):
+                name = prefix + metric.name
+                if name in counts and group == 1:
+                    name = f"{prefix}weighted_{metric.name}"
+                if name in counts:
+                    counts[name] += 1
+                    name = f"{name}_{counts[name] - 1}"
+                else:
+                    counts[name] = 1
+                named.append(((output, group, position), name))
+    return [name for _, name in sorted(named, key=lambda item: item[0])]
 
 
 def base_trainer(trainer_module):
@@ -213,13 +296,8 @@ def detect(compile_utils, trainer_module, loss, backend):
         return FLAT_LISTS_METRICS, None
     if "_symbolic_build" not in vars(trainer):
         return None, f"{trainer.__name__}._symbolic_build not found"
-    if backend == "jax" and "stateless_compute_loss" not in vars(trainer):
-        return None, (
-            f"{trainer.__name__}.stateless_compute_loss not found: the JAX "
-            "trainer of this release drops metric updates made while "
-            "computing the loss"
-        )
-    return FLAT_LISTS, None
+    why = _jax_drops_updates(trainer, backend)
+    return (None, why) if why else (FLAT_LISTS, None)
 
 
 def keras_version():

@@ -274,16 +274,16 @@ def _discover(model, batch, listed):
         _metric_for(model, layer, name, value, metric, listed)
 
 
-def install(trainer):
-    """Wraps what `add_metric` needs on this release, where it is known."""
+def install(trainer, backend):
+    """Wraps what `add_metric` needs on this release; returns why it cannot
+    here, or None."""
     import importlib
 
     layer_module = importlib.import_module(_adapters.LAYER)
     metric_module = importlib.import_module(_adapters.METRIC)
-    why = _adapters.missing_for_add_metric(layer_module)
+    why = _adapters.missing_for_add_metric(layer_module, trainer, backend)
     if why is not None:
-        _config.warn_once(f"kerasfix left Keras's `add_metric` alone: {why}.")
-        return
+        return why
     listed = trainer.metrics.fget  # Keras's own list, before ours is added
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
     _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
@@ -291,6 +291,7 @@ def install(trainer):
     _wrapping.wrap_method(trainer, "compute_loss", _compute_loss(listed))
     _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build(listed))
     _wrapping.wrap_property(trainer, "metrics", _trainer_metrics)
+    return None
 
 
 def uninstall():

@@ -14,9 +14,13 @@ from kerasfix import _adapters, _config, _loss_metrics, _wrapping
 def _is_our_loss(callback):
     # `_set_monitor_op` runs at the end of an epoch in every release that
     # has it, so the model is set and its loss metrics are made.
-    name = callback.monitor.removeprefix("val_")
     model = getattr(callback, "model", None)
-    return model is not None and name in _loss_metrics.metric_names(model)
+    if model is None:
+        return False
+    names = _loss_metrics.metric_names(model)
+    monitor = callback.monitor
+    # An output may itself be named `val_b`: its training loss is `val_b_loss`.
+    return monitor in names or (monitor.startswith("val_") and monitor[4:] in names)
 
 
 def _set_monitor_op(wrapped, instance, args, kwargs):
@@ -30,6 +34,11 @@ def _set_monitor_op(wrapped, instance, args, kwargs):
 
 
 def install(callbacks_module):
-    """Wraps every built-in callback class that infers a direction."""
-    for cls in _adapters.direction_setters(callbacks_module):
+    """Wraps every built-in callback class that infers a direction; returns
+    why it cannot here, or None."""
+    setters = _adapters.direction_setters(callbacks_module)
+    if not setters:
+        return "no callback class defines _set_monitor_op"
+    for cls in setters:
         _wrapping.wrap_method(cls, "_set_monitor_op", _set_monitor_op)
+    return None

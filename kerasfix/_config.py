@@ -13,7 +13,8 @@ STRICT_ENV_VAR = "KERASFIX_STRICT"
 MODES = ("unweighted", "weighted")
 
 _OFF = ("", "0", "off", "false")
-_UNWEIGHTED = ("1", "on", "true", "unweighted")
+_ON = ("1", "on", "true")
+_UNWEIGHTED = _ON + ("unweighted",)
 _WEIGHTED = ("weighted",)
 ALLOWED = _OFF[1:] + _UNWEIGHTED + _WEIGHTED
 
@@ -53,7 +54,17 @@ def parse_mode(raw, source=ENV_VAR):
 
 
 def strict_from_env(environ):
-    return environ.get(STRICT_ENV_VAR, "").strip().lower() in _UNWEIGHTED[:3]
+    """Whether `KERASFIX_STRICT` asks for errors; it takes `KERASFIX`'s
+    on/off words, so `KERASFIX_STRICT=yes` is an error, not silently off."""
+    value = environ.get(STRICT_ENV_VAR, "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise ValueError(
+        f"{STRICT_ENV_VAR}={environ[STRICT_ENV_VAR]!r} is not an on/off value; "
+        f"use one of: {', '.join(_OFF[1:] + _ON)} (or leave it unset)."
+    )
 
 
 def check_mode(mode):

@@ -1,4 +1,4 @@
-"""When the patch lands: as Keras's trainer module is imported, or at once.
+"""When the patch lands: as `keras.Model`'s module is imported, or at once.
 
 wrapt's post-import hook does the work. wrapt itself is imported only once
 Keras is, because wrapt 2 imports asyncio, which would make `import kerasfix`
@@ -12,16 +12,17 @@ from kerasfix import _adapters
 
 
 _installed = False
+failed = None  # why kerasfix's own modules could not load (wrapt missing)
 
 
 def install():
-    """Patches Keras now if its trainer module is loaded, else once it is."""
+    """Patches Keras now if `keras.Model` is loaded, else once it is."""
     global _installed
     if _installed:
-        if _adapters.TRAINER in sys.modules:
+        if failed is None and _adapters.MODEL in sys.modules:
             from kerasfix import _patch
 
-            _patch.apply(sys.modules[_adapters.TRAINER])
+            _patch.apply()
         return
     _installed = True
     if "keras" in sys.modules:
@@ -31,13 +32,30 @@ def install():
 
 
 def _register():
-    import wrapt
+    global failed
+    from kerasfix import _config
 
-    from kerasfix import _patch
+    try:
+        import wrapt
 
-    # The trainer module, not compile_utils: it imports CompileLoss, and is
-    # half-built while a hook on compile_utils would run.
-    wrapt.register_post_import_hook(_patch.apply, _adapters.TRAINER)
+        from kerasfix import _patch
+    except Exception as error:
+        # A broken install of kerasfix's own dependencies must not make
+        # `import keras` fail: decline, as for an unknown Keras.
+        failed = f"{type(error).__name__}: {error}"
+        message = (
+            f"kerasfix could not load ({failed}); Keras runs as it is. "
+            "Reinstall kerasfix (`pip install --force-reinstall kerasfix`)."
+        )
+        if _config.strict:
+            raise _config.KerasfixError(message + " Unset KERASFIX_STRICT to run anyway.")
+        _config.warn_once(message)
+        return
+    # `keras.Model`'s module, not compile_utils or the trainer: by the time
+    # it is loaded, every class kerasfix patches (the backend's trainer
+    # included) is whole, where a hook on a module Keras imports on the way
+    # would find the modules that import it half-built.
+    wrapt.register_post_import_hook(_patch.apply, _adapters.MODEL)
 
 
 class _KerasImportFinder:

@@ -1,69 +1,151 @@
-"""`model.metrics_names` as Keras 2 had it: one name per returned value.
+"""Keras 2's names and order for a model's results.
 
-Keras 3 lists metric objects (`compile_metrics` for all compiled metrics
-together), so `dict(zip(model.metrics_names, model.evaluate(x, y)))`
-mislabels the values. kerasfix derives the names from what the model's
-metrics return at run time (so any metric the model lists, `add_metric`'s
-included, is named without further code) and puts them, and the list
-results of `evaluate()`, `train_on_batch()` and `test_on_batch()`, in
-Keras 2's order: `loss`, the per-output losses, the compiled metrics, then
-the rest as the model lists them.
+Keras 3's `model.metrics_names` lists metric objects (`compile_metrics` for
+all compiled metrics together), so `dict(zip(model.metrics_names,
+model.evaluate(x, y)))` mislabels the values; its list results put the
+compiled metrics in name order, and its logs (progress bar, `History`,
+callbacks, `return_dict=True`) come out of the compiled step sorted by name.
+Keras 2 had one order everywhere, which `_keras2_names` decides: `loss`, the
+per-output losses, then output by output its `metrics` then its
+`weighted_metrics` in compile order, then the model's other metrics
+(`add_metric`'s last). In logs, `val_` names follow in the same order, and
+names kerasfix does not know come last, sorted, as Keras sorts them.
+
+The names come from the metric objects, never from `result()` (a metric
+may have no variables before its first update), and are worked out once per
+set of metrics; an order is worked out once per set of log keys.
 """
 
-from kerasfix import _config, _loss_metrics, _wrapping
+import weakref
+
+from kerasfix import _adapters, _config, _loss_metrics, _wrapping
+
+_names = weakref.WeakKeyDictionary()  # model -> (its metrics' ids, names)
+_orders = weakref.WeakKeyDictionary()  # model -> (compiled state, {keys: order})
 
 
-def _result_names(metric):
-    if not getattr(metric, "built", True):
-        return []  # compiled metrics before the first step
-    result = metric.result()
-    return list(result) if isinstance(result, dict) else [metric.name]
-
-
-def _in_keras2_order(model, names=None):
-    """`names` (keys of the model's logs; by default every name the
-    model's metrics return) in Keras 2's order.
-
-    Keras 3 orders list results by `model.metrics` and puts names it does
-    not find there (every compiled metric's `<out>_<metric>`) after them,
-    sorted; Keras 2 kept the compiled metrics in the order they were given.
-    """
-    listed, compiled = [], []
-    for metric in model.metrics:
-        returned = _result_names(metric)
-        listed += returned
-        if metric is getattr(model, "_compile_metrics", None):
-            compiled = returned
-    if names is None:
-        names = dict.fromkeys(listed)  # one value per name, as in the logs
+def _keras2_names(model, metrics):
+    compile_metrics = getattr(model, "_compile_metrics", None)
     losses = _loss_metrics.metric_names(model)
+    compiled, rest = [], []
+    for metric in metrics:
+        if metric is compile_metrics:
+            compiled = _adapters.compiled_metric_names(metric)
+        elif metric.name != "loss" and metric.name not in losses:
+            rest.append(metric.name)
+    head = ["loss"] if any(m.name == "loss" for m in metrics[:1]) else []
+    return list(dict.fromkeys(head + losses + compiled + rest))
 
-    def rank(name):
-        if name == "loss":
-            return (0, 0)
-        for group, known in enumerate((losses, compiled, listed), start=1):
-            if name in known:
-                return (group, known.index(name))
-        return (4, name)  # logs Keras added itself: its own sorted rule
 
-    return sorted(names, key=rank)
+def names(model):
+    """Every name the model's results carry, in Keras 2's order."""
+    metrics = model.metrics
+    compile_metrics = getattr(model, "_compile_metrics", None)
+    key = (tuple(map(id, metrics)), getattr(compile_metrics, "built", None))
+    known = _names.get(model)
+    if known is None or known[0] != key:
+        known = _names[model] = (key, _keras2_names(model, metrics))
+    return known[1]
+
+
+def ordered(model, keys):
+    """`keys` (of the model's logs) in Keras 2's order, as a tuple."""
+    keys = tuple(keys)
+    # Names change only with the compiled state or with the keys themselves
+    # (a metric made later, add_metric's), so `model.metrics` is not walked
+    # for each batch's logs.
+    state = (getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None))
+    known = _orders.get(model)
+    if known is None or known[0][0] is not state[0] or known[0][1] is not state[1]:
+        known = _orders[model] = (state, {})
+    order = known[1].get(keys)
+    if order is None:
+        rank = {name: i for i, name in enumerate(names(model))}
+
+        def place(key):
+            if key in rank:
+                return (0, rank[key], "")
+            if isinstance(key, str) and key.startswith("val_") and key[4:] in rank:
+                return (1, rank[key[4:]], "")
+            return (2, 0, str(key))
+
+        order = known[1][keys] = tuple(sorted(keys, key=place))
+    return order
+
+
+def _in_order(model, logs):
+    if _config.mode is None or not isinstance(logs, dict) or model is None:
+        return logs
+    order = ordered(model, logs)
+    return logs if order == tuple(logs) else {key: logs[key] for key in order}
 
 
 def _metrics_names(fget, instance):
     if _config.mode is None:
         return fget(instance)
-    return _in_keras2_order(instance)
+    return names(instance)
 
 
 def _flatten_metrics_in_order(wrapped, instance, args, kwargs):
     logs = args[0] if args else kwargs["logs"]
     if _config.mode is None or not isinstance(logs, dict):
         return wrapped(*args, **kwargs)
-    results = [logs[name] for name in _in_keras2_order(instance, logs)]
+    results = [logs[name] for name in ordered(instance, logs)]
     return results[0] if len(results) == 1 else results
 
 
-def install(trainer):
-    """Wraps the trainer's `metrics_names` and the order of list results."""
+def _keep_order(wrapped, instance, args, kwargs):
+    # Keras sorts the keys as it turns logs into numbers, after kerasfix
+    # put them in order for the callbacks.
+    logs = args[0] if args else kwargs.get("logs")
+    result = wrapped(*args, **kwargs)
+    if _config.mode is None or not isinstance(logs, dict) or not isinstance(result, dict):
+        return result
+    if result.keys() != logs.keys():
+        return result  # nested dicts were flattened: Keras's own order
+    return {key: result[key] for key in logs}
+
+
+def _dict_result(wrapped, instance, args, kwargs):
+    return _in_order(instance, wrapped(*args, **kwargs))
+
+
+def _logs_in_order(wrapped, instance, args, kwargs):
+    # `logs` is the last argument of every hook wrapped here.
+    model = getattr(instance, "model", None)
+    if "logs" in kwargs:
+        kwargs = dict(kwargs, logs=_in_order(model, kwargs["logs"]))
+    elif args:
+        args = args[:-1] + (_in_order(model, args[-1]),)
+    return wrapped(*args, **kwargs)
+
+
+_LOG_HOOKS = (
+    "on_train_batch_end",
+    "on_test_batch_end",
+    "on_batch_end",
+    "on_epoch_end",
+    "on_test_end",
+    "on_train_end",
+)
+
+
+def install(compile_utils, trainer, callbacks_module, model_module):
+    """Wraps `metrics_names`, list and dict results and the logs callbacks
+    get; returns why it cannot here, or None."""
+    why = _adapters.missing_for_order(compile_utils, trainer, callbacks_module)
+    owner = _adapters.result_owner(model_module)
+    if why is None and owner is None:
+        why = f"no trainer class of Model in {_adapters.MODEL} defines evaluate"
+    if why is not None:
+        return why
     _wrapping.wrap_property(trainer, "metrics_names", _metrics_names)
     _wrapping.wrap_method(trainer, "_flatten_metrics_in_order", _flatten_metrics_in_order)
+    callback_list = callbacks_module.CallbackList
+    for hook in _LOG_HOOKS:
+        _wrapping.wrap_method(callback_list, hook, _logs_in_order)
+    for sorter, name in _adapters.log_sorters(trainer, callback_list):
+        _wrapping.wrap_method(sorter, name, _keep_order)
+    for method in ("evaluate", "train_on_batch", "test_on_batch"):
+        _wrapping.wrap_method(owner, method, _dict_result)
+    return None

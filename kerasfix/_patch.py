@@ -2,8 +2,14 @@
 
 `apply` runs from wrapt's post-import hook while `import keras` is still
 under way, in every process the start-up hook reaches; so whatever goes
-wrong there is undone and reported as a declined patch, never raised out of
-`import keras` (unless `KERASFIX_STRICT` asks for an error).
+wrong there is undone and reported, never raised out of `import keras`
+(unless `KERASFIX_STRICT` asks for an error).
+
+kerasfix is several mechanisms, each detected and installed on its own, so
+an internal one of them needs and does not find switches off that one only.
+The per-output loss metrics are the base: where Keras keeps its compiled
+losses in no known layout, nothing is patched; the callbacks' direction
+serves those metrics and goes with them.
 """
 
 import importlib
@@ -13,51 +19,110 @@ from kerasfix import _adapters, _add_metric, _callbacks, _config
 from kerasfix import _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
+MECHANISMS = ("loss metrics", "callbacks", "names and order", "add_metric")
+
 _adapter = None  # the layout found when the patch went in
-_declined = None  # why the installed Keras was not patched
+_declined = None  # why the installed Keras was not patched at all
+off = {}  # mechanism -> why it is off, where the rest is on
 
 
-def _install(trainer_module):
-    """Detects the layout and patches; returns `(adapter, why not)`."""
+def _failed(error):
+    return f"{type(error).__name__} while patching: {error}"
+
+
+def _installers(adapter):
+    """(mechanism, install) pairs; `install()` returns why that mechanism
+    cannot work on this Keras, or None once it is in."""
     from keras.src import backend
 
     compile_utils = importlib.import_module(_adapters.COMPILE_UTILS)
+    trainer = _adapters.base_trainer(importlib.import_module(_adapters.TRAINER))
     loss = importlib.import_module(_adapters.LOSS)
-    adapter, why = _adapters.detect(
-        compile_utils, trainer_module, loss, backend.backend()
-    )
-    if adapter is not None:
-        trainer = _adapters.base_trainer(trainer_module)
+    callbacks = importlib.import_module(_adapters.CALLBACKS)
+    model = importlib.import_module(_adapters.MODEL)
+
+    def loss_metrics():
         _loss_metrics.install(adapter, compile_utils, trainer, loss)
-        _add_metric.install(trainer)
-        _metrics_names.install(trainer)
-        _callbacks.install(importlib.import_module(_adapters.CALLBACKS))
-    return adapter, why
+
+    def direction():
+        if "loss metrics" in off:
+            return "it serves the per-output loss metrics, which are off"
+        return _callbacks.install(callbacks)
+
+    def order():
+        return _metrics_names.install(compile_utils, trainer, callbacks, model)
+
+    def add_metric():
+        return _add_metric.install(trainer, backend.backend())
+
+    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric))
 
 
-def apply(trainer_module):
-    """Patches Keras once its trainer module (and so CompileLoss) is loaded."""
+def _detect():
+    from keras.src import backend
+
+    return _adapters.detect(
+        importlib.import_module(_adapters.COMPILE_UTILS),
+        importlib.import_module(_adapters.TRAINER),
+        importlib.import_module(_adapters.LOSS),
+        backend.backend(),
+    )
+
+
+def _install_each(adapter):
+    for name, install in _installers(adapter):
+        mark = _wrapping.mark()
+        try:
+            why = install()
+        except Exception as error:
+            why = _failed(error)
+        if why is not None:
+            _wrapping.restore(mark)
+            if name == "loss metrics":
+                _loss_metrics.uninstall()
+            off[name] = why
+
+
+def apply(_module=None):
+    """Patches Keras once `keras.Model` (and so all kerasfix touches) is
+    loaded; wrapt's hook passes the module, which is looked up by name."""
     global _adapter, _declined
     with _config.lock:
         if _config.mode is None or _wrapping.patched():
             return
+        off.clear()
         try:
-            adapter, why = _install(trainer_module)
+            adapter, why = _detect()
+            if adapter is not None:
+                _install_each(adapter)
         except Exception as error:
+            adapter, why = None, _failed(error)
+        if adapter is not None and len(off) == len(MECHANISMS):
+            adapter, why = None, "; ".join(f"{k}: {v}" for k, v in off.items())
+        if adapter is None:
             _undo()
-            adapter, why = None, f"{type(error).__name__} while patching: {error}"
-        if adapter is not None:
-            _adapter, _declined = adapter, None
+            _declined = why
+            _say(
+                f"kerasfix did not patch Keras {_version()}: {why}. "
+                "Keras runs as it is: its own per-output loss metrics, names, "
+                "order, callbacks and `add_metric`."
+            )
             return
-        _declined = why
-        message = (
-            f"kerasfix did not patch Keras {_version()}: {why}. "
-            "Keras runs as it is: its own per-output loss metrics, names, "
-            "callbacks and `add_metric`."
-        )
-        if _config.strict:
-            raise KerasfixError(message + " Unset KERASFIX_STRICT to run anyway.")
-        _config.warn_once(message)
+        _adapter, _declined = adapter, None
+        if off:
+            reasons = "; ".join(f"{name}: {why}" for name, why in off.items())
+            if _config.strict:  # all or nothing: undone before raising
+                undo()
+            _say(
+                f"kerasfix left part of its patch off on Keras {_version()} "
+                f"({reasons}); there Keras runs as it is. The rest is on."
+            )
+
+
+def _say(message):
+    if _config.strict:
+        raise KerasfixError(message + " Unset KERASFIX_STRICT to run anyway.")
+    _config.warn_once(message)
 
 
 def _version():
@@ -79,3 +144,4 @@ def undo():
     with _config.lock:
         _undo()
         _adapter = None
+        off.clear()

@@ -43,9 +43,15 @@ def patched():
     return bool(_patches)
 
 
-def restore():
-    """Puts back, newest first, every attribute still holding our replacement."""
-    while _patches:
+def mark():
+    """A point `restore(mark)` can undo back to (one mechanism's patches)."""
+    return len(_patches)
+
+
+def restore(to=0):
+    """Puts back, newest first, every attribute replaced since `to` that
+    still holds our replacement."""
+    while len(_patches) > to:
         owner, name, original, replacement = _patches.pop()
         if vars(owner).get(name) is not replacement:
             continue
