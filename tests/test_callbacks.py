@@ -136,3 +136,18 @@ def test_without_kerasfix_early_stopping_on_output_loss_raises(patch_supported, 
     stop = keras.callbacks.EarlyStopping(monitor="val_alpha_loss")
     with pytest.raises(ValueError, match=NO_DIRECTION):
         train(keras, tmp_path, epochs=1, callbacks=[stop])
+
+
+def test_an_output_named_like_a_validation_metric_is_still_minimised(patched):
+    """An output `val_b`: its training loss is `val_b_loss`, not the
+    validation value of a `b_loss`, and Keras 2 minimised it."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    model = keras.Model(
+        inp, [keras.layers.Dense(1, name="a")(inp), keras.layers.Dense(1, name="val_b")(inp)]
+    )
+    model.compile(keras.optimizers.SGD(0.1), loss=["mse", "mse"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_b_loss", patience=2)
+    history = model.fit(X, Y, epochs=3, batch_size=11, callbacks=[stop], verbose=0)
+    assert "val_b_loss" in history.history
+    assert stop.monitor_op(1.0, 2.0)  # lower is better

@@ -35,6 +35,20 @@ def test_unknown_mode_name_is_rejected():
         _config.check_mode("raw")
 
 
-@pytest.mark.parametrize("value,strict", [("1", True), ("true", True), ("0", False), ("", False)])
-def test_strict_variable(value, strict):
+@pytest.mark.parametrize(
+    "value,strict",
+    [("1", True), ("true", True), ("ON", True), ("0", False), ("off", False), ("", False)],
+)
+def test_strict_variable_takes_kerasfix_on_off_words(value, strict):
     assert _config.strict_from_env({"KERASFIX_STRICT": value}) is strict
+    assert _config.strict_from_env({}) is False
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "unweighted", "strict"])
+def test_other_strict_values_raise_naming_variable_value_and_choices(value):
+    with pytest.raises(ValueError) as error:
+        _config.strict_from_env({"KERASFIX_STRICT": value})
+    message = str(error.value)
+    assert "KERASFIX_STRICT" in message and repr(value) in message
+    for allowed in ("0", "1", "on", "off"):
+        assert allowed in message

@@ -101,3 +101,23 @@ def test_metrics_names_are_keras_own_without_kerasfix(patch_supported):
     model.evaluate(X, YS, batch_size=8, verbose=0)
     assert model.metrics_names == [m.name for m in model.metrics]
     assert "compile_metrics" in model.metrics_names
+
+
+def test_metrics_names_never_asks_a_metric_for_its_result(patched):
+    """A model tracking an `R2Score`, which makes its variables on its first
+    update: before that its `result()` raises, and `metrics_names` must
+    not. Keras's own answer is the model's metric names."""
+
+    class Tracking(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+            self.r2 = keras.metrics.R2Score(name="r2")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Tracking()
+    model.compile("sgd", "mse")
+    model(X[:2])
+    assert model.metrics_names == ["loss", "r2"]

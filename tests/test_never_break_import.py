@@ -68,28 +68,59 @@ def wrap_steps(monkeypatch, fail_at=None):
     return calls
 
 
-def count_wrap_steps(monkeypatch):
-    calls = wrap_steps(monkeypatch)
+def mechanism_steps(monkeypatch):
+    """[(step, mechanism)] of one whole patch, in the order they run."""
+    current = [None]
+    real = _patch._installers
+
+    def installers(adapter):
+        for name, install in real(adapter):
+            def run(install=install, name=name):
+                current[0] = name
+                return install()
+
+            yield name, run
+
+    monkeypatch.setattr(_patch, "_installers", installers)
+    owners = []
+    for name in STEPS:
+        real_step = getattr(_wrapping, name)
+
+        def step(*args, _real=real_step):
+            owners.append(current[0])
+            return _real(*args)
+
+        monkeypatch.setattr(_wrapping, name, step)
     kerasfix.enable()
     kerasfix.disable()
     monkeypatch.undo()
-    return len(calls)
+    return owners
 
 
-def test_each_wrap_step_that_raises_leaves_keras_untouched(
+def test_each_wrap_step_that_raises_switches_off_its_mechanism_only(
     patch_supported, monkeypatch, declined
 ):
-    steps = count_wrap_steps(monkeypatch)
-    assert steps >= 3  # __call__, build, metrics at least
-    for fail_at in range(steps):
+    owners = mechanism_steps(monkeypatch)
+    assert {"loss metrics", "names and order", "add_metric"} <= set(owners)
+    for fail_at, mechanism in enumerate(owners):
         before = snapshot()
         wrap_steps(monkeypatch, fail_at)
         said, status = declined()
         monkeypatch.undo()
+        off = {mechanism} | ({"callbacks"} if mechanism == "loss metrics" else set())
+        reason = f"RuntimeError while patching: step {fail_at} failed"
+        if status["effective"] == "unsupported":
+            assert off == set(_patch.MECHANISMS), fail_at
+            assert reason in status["internals"]
+        else:
+            assert status["effective"] == "partial", fail_at
+            assert {k for k, v in status["mechanisms"].items() if v != "on"} == off
+            assert reason in status["mechanisms"][mechanism]
+        # What is left in place is whole: every step of the mechanisms on.
+        assert len(_wrapping._patches) == sum(1 for m in owners if m not in off)
+        assert len(said) == 1 and reason in str(said[0].message)
+        kerasfix.disable()
         assert_untouched(before)
-        assert status["effective"] == "unsupported", fail_at
-        assert f"RuntimeError while patching: step {fail_at} failed" in status["internals"]
-        assert len(said) == 1 and f"step {fail_at} failed" in str(said[0].message)
         wrap_steps(monkeypatch, fail_at)
         with pytest.raises(kerasfix.KerasfixError, match=f"step {fail_at} failed"):
             declined(strict=True)
@@ -97,6 +128,33 @@ def test_each_wrap_step_that_raises_leaves_keras_untouched(
         assert_untouched(before)
     kerasfix.enable()  # nothing was left behind: the real patch still lands
     assert kerasfix.status()["effective"] == "patched"
+
+
+@pytest.mark.parametrize(
+    "owner,internal,mechanism",
+    [
+        ("layer", "_clear_losses", "add_metric"),
+        ("trainer", "_flatten_metrics_in_order", "names and order"),
+        ("trainer", "metrics_names", "names and order"),
+    ],
+)
+def test_a_missing_internal_switches_off_its_mechanism_only(
+    patch_supported, monkeypatch, declined, owner, internal, mechanism
+):
+    from keras.src.layers import layer
+
+    cls = layer.Layer if owner == "layer" else _adapters.base_trainer(trainer_module)
+    monkeypatch.delattr(cls, internal)
+    said, status = declined()
+    assert status["effective"] == "partial"
+    assert status["mechanisms"][mechanism].startswith("off:")
+    assert internal in status["mechanisms"][mechanism]
+    assert all(v == "on" for k, v in status["mechanisms"].items() if k != mechanism)
+    assert len(said) == 1 and internal in str(said[0].message)
+    kerasfix.disable()
+    with pytest.raises(kerasfix.KerasfixError, match=internal):
+        declined(strict=True)
+    assert not _wrapping.patched()
 
 
 def test_detection_that_raises_leaves_keras_untouched(patch_supported, monkeypatch, declined):
@@ -160,3 +218,40 @@ def test_import_keras_survives_a_raising_detection_in_a_new_process(patch_suppor
     strict = run(KERASFIX_STRICT="1")
     assert strict.returncode != 0
     assert "KerasfixError" in strict.stderr and "detection blew up" in strict.stderr
+
+
+BROKEN_WRAPT = """
+import json, sys, warnings
+warnings.simplefilter("always")
+sys.modules["wrapt"] = None  # `import wrapt` raises ImportError
+import keras
+import kerasfix
+print(json.dumps(kerasfix.status()))
+"""
+
+
+def keras_backend_without_wrapt():
+    # TensorFlow imports wrapt itself; JAX and torch Keras need none.
+    import importlib.util
+
+    for name in ("jax", "torch"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    pytest.skip("needs JAX or torch: TensorFlow itself imports wrapt")
+
+
+def test_import_keras_survives_a_broken_wrapt_in_a_new_process():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
+    env.update(KERASFIX="1", KERAS_BACKEND=keras_backend_without_wrapt())
+    run = lambda **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", BROKEN_WRAPT], env=dict(env, **extra),
+        capture_output=True, text=True, timeout=300,
+    )
+    done = run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads(done.stdout.splitlines()[-1])
+    assert status["effective"] == "unsupported"
+    assert "wrapt" in status["internals"]
+    assert done.stderr.count("KerasfixWarning: kerasfix could not load") == 1
+    strict = run(KERASFIX_STRICT="1")
+    assert strict.returncode != 0 and "KerasfixError" in strict.stderr
