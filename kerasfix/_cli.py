@@ -18,7 +18,11 @@ def _status(args):
         print(json.dumps(info))
     else:
         for key, value in info.items():
-            print(f"{key:<15} {value}")
+            if isinstance(value, dict):
+                for name, state in value.items():
+                    print(f"{key:<15} {name}: {state}")
+            else:
+                print(f"{key:<15} {value}")
     return 0
 
 
@@ -127,6 +131,9 @@ def _check(args):
     if info["effective"] == "unsupported":
         print(f"kerasfix declined to patch this Keras: {info['internals']}")
         return 2
+    for name, state in (info["mechanisms"] or {}).items():
+        if state != "on":
+            print(f"kerasfix left {name} {state}")
     return 0 if measured == expected else 1
 
 

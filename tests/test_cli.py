@@ -22,7 +22,8 @@ def test_status_prints_a_table_and_json():
     assert re.search(rf"^keras +{re.escape(keras.__version__)}$", table.stdout, re.M)
     info = json.loads(cli("status", "--json").stdout)
     assert set(info) == {
-        "kerasfix", "keras", "backend", "internals", "requested_mode", "effective"
+        "kerasfix", "keras", "backend", "internals", "requested_mode", "effective",
+        "mechanisms",
     }
     assert info["requested_mode"] == "unweighted"
     off = json.loads(cli("status", "--json", KERASFIX="0").stdout)
