@@ -2,8 +2,11 @@
 under another distribution name (keras-nightly) changes nothing."""
 
 import json
+import pathlib
+import re
 import sys
 import types
+from importlib import metadata
 
 import pytest
 
@@ -49,9 +52,39 @@ def test_two_trainer_candidates_decline_rather_than_guess():
     assert adapter is None and "no single trainer class" in why
 
 
+def keras_version_from_sources():
+    """The imported Keras's version, asked of no Keras code: the string in
+    its `src/version.py` read as text, and the version in the metadata of the
+    distribution (`keras`, `keras-nightly`, ...) that installed that file,
+    where one did (a source tree has none)."""
+    package = pathlib.Path(keras.__file__).resolve().parent
+    version_py = package / "src" / "version.py"
+    if not version_py.is_file():  # an older layout
+        version_py = package / "version.py"
+    found = re.findall(
+        r"""^__version__\s*=\s*["']([^"']+)["']""",
+        version_py.read_text(encoding="utf-8"),
+        flags=re.MULTILINE,
+    )
+    assert len(found) == 1, f"no single __version__ in {version_py}"
+    versions = {"version.py": found[0]}
+    for name in metadata.packages_distributions().get("keras", []):
+        distribution = metadata.distribution(name)
+        files = {
+            pathlib.Path(distribution.locate_file(f)).resolve()
+            for f in distribution.files or ()
+        }
+        if version_py.resolve() in files:
+            versions[f"{name} metadata"] = distribution.version
+    return versions
+
+
 def test_version_is_keras_own_whatever_the_distribution_is_called():
-    assert _adapters.keras_version() == keras.version()
-    assert kerasfix.status()["keras"] == keras.version()
+    versions = keras_version_from_sources()
+    expected = versions["version.py"]
+    assert set(versions.values()) == {expected}, versions
+    assert _adapters.keras_version() == expected
+    assert kerasfix.status()["keras"] == expected
 
 
 def test_status_check_and_demo_name_the_installed_keras(patch_supported):

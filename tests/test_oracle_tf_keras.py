@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-tf_keras = pytest.importorskip("tf_keras")
 
 import kerasfix  # noqa: E402
 from support import keras_version, loss_is_per_batch  # noqa: E402
@@ -23,6 +22,13 @@ Y = {
 }
 SW_A = np.linspace(0.2, 2.0, N).astype("float32")
 SW_B = RNG.random(N).astype("float32")
+
+
+@pytest.fixture
+def tf_keras():
+    """tf-keras (Keras 2), for the tests that compare with it; only they skip
+    without it."""
+    return pytest.importorskip("tf_keras")
 
 
 def build(k, outputs, regularized=False):
@@ -101,7 +107,7 @@ CASES = {
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_history_matches_tf_keras_epoch_by_epoch(name):
+def test_history_matches_tf_keras_epoch_by_epoch(tf_keras, name):
     outputs, compile_kwargs, fit_kwargs = CASES[name]
     if name == "three_list_none_loss" and keras_version() < (3, 5):
         pytest.skip(
@@ -130,7 +136,7 @@ def test_history_matches_tf_keras_epoch_by_epoch(name):
 
 
 @pytest.mark.oracle
-def test_regularizer_is_in_loss_but_not_in_per_output_metrics(patched):
+def test_regularizer_is_in_loss_but_not_in_per_output_metrics(patched, tf_keras):
     compile_kwargs = {"loss": ["mse", "binary_crossentropy"], "loss_weights": [1.0, 2.0]}
     weights, theirs = train(
         tf_keras, ["a", "b"], compile_kwargs, {}, regularized=True
