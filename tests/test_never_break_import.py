@@ -202,20 +202,24 @@ print(json.dumps(kerasfix.status()))
 """
 
 
-def test_import_keras_survives_a_raising_detection_in_a_new_process(patch_supported):
+def run_with_kerasfix(script, **extra):
+    """`script` in a new process with `KERASFIX=1` and `extra`'s variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
-    env.update(KERASFIX="1", TF_CPP_MIN_LOG_LEVEL="3")
-    run = lambda **extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", RAISING_DETECT], env=dict(env, **extra),
+    env.update(KERASFIX="1", TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env,
         capture_output=True, text=True, timeout=300,
     )
-    done = run()
+
+
+def test_import_keras_survives_a_raising_detection_in_a_new_process(patch_supported):
+    done = run_with_kerasfix(RAISING_DETECT)
     assert done.returncode == 0, done.stderr[-3000:]
     status = json.loads(done.stdout.splitlines()[-1])
     assert status["effective"] == "unsupported"
     assert "detection blew up" in status["internals"]
     assert done.stderr.count("KerasfixWarning: kerasfix did not patch Keras") == 1
-    strict = run(KERASFIX_STRICT="1")
+    strict = run_with_kerasfix(RAISING_DETECT, KERASFIX_STRICT="1")
     assert strict.returncode != 0
     assert "KerasfixError" in strict.stderr and "detection blew up" in strict.stderr
 
@@ -241,17 +245,12 @@ def keras_backend_without_wrapt():
 
 
 def test_import_keras_survives_a_broken_wrapt_in_a_new_process():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
-    env.update(KERASFIX="1", KERAS_BACKEND=keras_backend_without_wrapt())
-    run = lambda **extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", BROKEN_WRAPT], env=dict(env, **extra),
-        capture_output=True, text=True, timeout=300,
-    )
-    done = run()
+    backend = keras_backend_without_wrapt()
+    done = run_with_kerasfix(BROKEN_WRAPT, KERAS_BACKEND=backend)
     assert done.returncode == 0, done.stderr[-3000:]
     status = json.loads(done.stdout.splitlines()[-1])
     assert status["effective"] == "unsupported"
     assert "wrapt" in status["internals"]
     assert done.stderr.count("KerasfixWarning: kerasfix could not load") == 1
-    strict = run(KERASFIX_STRICT="1")
+    strict = run_with_kerasfix(BROKEN_WRAPT, KERAS_BACKEND=backend, KERASFIX_STRICT="1")
     assert strict.returncode != 0 and "KerasfixError" in strict.stderr
