@@ -154,6 +154,16 @@ def missing_for_order(compile_utils, trainer, callbacks_module):
     return None
 
 
+def callback_model(callback):
+    """The Keras model a callback serves, or None, read without
+    `Callback.model`, which on JAX syncs every variable back to the model
+    (3.15+) and would do so for each batch's logs."""
+    model = vars(callback).get("_model")
+    if model is not None and not hasattr(model, "_compile_metrics"):
+        model = getattr(model, "module", None)  # torch DDP wraps the model
+    return model if hasattr(model, "_compile_metrics") else None
+
+
 def result_owner(model_module):
     """The class whose `evaluate`, `train_on_batch` and `test_on_batch`
     `keras.Model` runs: the backend's trainer, under whatever name."""

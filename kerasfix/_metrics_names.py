@@ -112,7 +112,7 @@ def _dict_result(wrapped, instance, args, kwargs):
 
 def _logs_in_order(wrapped, instance, args, kwargs):
     # `logs` is the last argument of every hook wrapped here.
-    model = getattr(instance, "model", None)
+    model = _adapters.callback_model(instance)
     if "logs" in kwargs:
         kwargs = dict(kwargs, logs=_in_order(model, kwargs["logs"]))
     elif args:
