@@ -328,7 +328,8 @@ TF_TRAINER = "keras.src.backend.tensorflow.trainer"
 def keras2_step_shims(trainer):
     """`(class, None)`: the TensorFlow trainer class that keeps Keras 2's
     `compiled_loss` and `compiled_metrics` (Keras 3's "backwards
-    compatibility shims", 3.0 to 3.16), or `(None, "what was not found")`.
+    compatibility shims", the same in 3.4, 3.6, 3.15 and 3.16), or
+    `(None, "what was not found")`.
     `trainer` is the base trainer, whose `compile` keeps the trackers."""
     module = importlib.import_module(TF_TRAINER)
     shims = ("compiled_loss", "_compiled_metrics_update_state")

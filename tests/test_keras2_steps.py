@@ -203,3 +203,23 @@ def test_the_mechanism_is_on_and_the_shims_are_tensorflow_only(patched):
     on_tensorflow = support.backend() == "tensorflow"
     assert hasattr(keras.Model, "compiled_loss") == on_tensorflow
     assert hasattr(keras.Model, "compiled_metrics") == on_tensorflow
+
+
+def test_a_missing_shim_switches_off_this_mechanism_only(
+    patch_supported, tensorflow, monkeypatch
+):
+    import importlib
+
+    import wrapt
+
+    from kerasfix import _adapters
+
+    base = _adapters.base_trainer(importlib.import_module(_adapters.TRAINER))
+    owner, _ = _adapters.keras2_step_shims(base)
+    monkeypatch.delattr(owner, "_compiled_metrics_update_state")
+    with pytest.warns(kerasfix.KerasfixWarning, match="_compiled_metrics_update_state"):
+        kerasfix.enable()
+    mechanisms = kerasfix.status()["mechanisms"]
+    assert mechanisms.pop("keras 2 steps").startswith("off:")
+    assert set(mechanisms.values()) == {"on"}
+    assert not isinstance(vars(owner)["compiled_loss"], wrapt.ObjectProxy)
