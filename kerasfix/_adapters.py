@@ -330,3 +330,28 @@ def keras_version():
         return metadata.version(owners[0]) if owners else None
     version = getattr(keras, "version", None)
     return version() if callable(version) else keras.__version__
+
+
+TF_TRAINER = "keras.src.backend.tensorflow.trainer"
+
+
+def keras2_step_shims(trainer):
+    """`(class, None)`: the TensorFlow trainer class that keeps Keras 2's
+    `compiled_loss` and `compiled_metrics` (Keras 3's "backwards
+    compatibility shims", the same in 3.4, 3.6, 3.15 and 3.16), or
+    `(None, "what was not found")`.
+    `trainer` is the base trainer, whose `compile` keeps the trackers."""
+    module = importlib.import_module(TF_TRAINER)
+    shims = ("compiled_loss", "_compiled_metrics_update_state")
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and set(shims) <= vars(value).keys()
+    ]
+    if len(found) != 1:
+        return None, f"no single class in {TF_TRAINER} defines {' and '.join(shims)}"
+    kept = _attributes_set(vars(trainer)["compile"])
+    missing = [m for m in ("_loss_tracker", "_compile_metrics") if m not in kept]
+    if missing:
+        return None, f"{trainer.__name__}.compile keeps no {', '.join(missing)}"
+    return found[0], None

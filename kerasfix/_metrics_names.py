@@ -73,9 +73,25 @@ def ordered(model, keys):
     return order
 
 
+def _flattened(logs):
+    """`logs` with nested dicts flattened as Keras flattens them when it turns
+    logs into numbers (a key met later in sorted order wins), so a custom
+    step's `{m.name: m.result() for m in self.metrics}`, whose
+    `compile_metrics` is a dict, is logged in order too."""
+    flat = {}
+    for key, value in sorted(logs.items()):
+        if isinstance(value, dict):
+            flat.update(_flattened(value))
+        else:
+            flat[key] = value
+    return flat
+
+
 def _in_order(model, logs):
     if _config.mode is None or not isinstance(logs, dict) or model is None:
         return logs
+    if any(isinstance(value, dict) for value in logs.values()):
+        logs = _flattened(logs)
     order = ordered(model, logs)
     return logs if order == tuple(logs) else {key: logs[key] for key in order}
 
@@ -90,6 +106,8 @@ def _flatten_metrics_in_order(wrapped, instance, args, kwargs):
     logs = args[0] if args else kwargs["logs"]
     if _config.mode is None or not isinstance(logs, dict):
         return wrapped(*args, **kwargs)
+    if any(isinstance(value, dict) for value in logs.values()):
+        logs = _flattened(logs)
     results = [logs[name] for name in ordered(instance, logs)]
     return results[0] if len(results) == 1 else results
 

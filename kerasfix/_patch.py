@@ -15,11 +15,17 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_metric, _callbacks, _config
+from kerasfix import _adapters, _add_metric, _callbacks, _config, _keras2_steps
 from kerasfix import _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
-MECHANISMS = ("loss metrics", "callbacks", "names and order", "add_metric")
+MECHANISMS = (
+    "loss metrics",
+    "callbacks",
+    "names and order",
+    "add_metric",
+    "keras 2 steps",
+)
 
 _adapter = None  # the layout found when the patch went in
 _declined = None  # why the installed Keras was not patched at all
@@ -55,7 +61,10 @@ def _installers(adapter):
     def add_metric():
         return _add_metric.install(trainer, backend.backend())
 
-    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric))
+    def keras2_steps():
+        return _keras2_steps.install(adapter, trainer, backend.backend())
+
+    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric, keras2_steps))
 
 
 def _detect():
