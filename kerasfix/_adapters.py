@@ -19,6 +19,7 @@ VERSION = "keras.src.version"
 CALLBACKS = "keras.src.callbacks"
 MODEL = "keras.src.models.model"
 PYTHON_UTILS = "keras.src.utils.python_utils"
+TF_TRAINER = "keras.src.backend.tensorflow.trainer"
 
 
 _Fields = collections.namedtuple(
@@ -330,9 +331,6 @@ def keras_version():
         return metadata.version(owners[0]) if owners else None
     version = getattr(keras, "version", None)
     return version() if callable(version) else keras.__version__
-
-
-TF_TRAINER = "keras.src.backend.tensorflow.trainer"
 
 
 def keras2_step_shims(trainer):
