@@ -15,11 +15,11 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_metric, _callbacks, _config
+from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _config
 from kerasfix import _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
-MECHANISMS = ("loss metrics", "callbacks", "names and order", "add_metric")
+MECHANISMS = ("loss metrics", "callbacks", "names and order", "add_metric", "add_loss")
 
 _adapter = None  # the layout found when the patch went in
 _declined = None  # why the installed Keras was not patched at all
@@ -40,6 +40,7 @@ def _installers(adapter):
     loss = importlib.import_module(_adapters.LOSS)
     callbacks = importlib.import_module(_adapters.CALLBACKS)
     model = importlib.import_module(_adapters.MODEL)
+    reduction_metrics = importlib.import_module(_adapters.REDUCTION_METRICS)
 
     def loss_metrics():
         _loss_metrics.install(adapter, compile_utils, trainer, loss)
@@ -55,7 +56,10 @@ def _installers(adapter):
     def add_metric():
         return _add_metric.install(trainer, backend.backend())
 
-    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric))
+    def add_loss():
+        return _add_loss.install(compile_utils, trainer, reduction_metrics, backend.backend())
+
+    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric, add_loss))
 
 
 def _detect():
@@ -134,6 +138,7 @@ def _version():
 def _undo():
     _loss_metrics.uninstall()
     _add_metric.uninstall()
+    _add_loss.uninstall()
     _wrapping.restore()
 
 
