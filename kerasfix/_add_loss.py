@@ -1,12 +1,15 @@
-"""Keras 2's logged `loss` where `add_loss` values make up (part of) the loss.
+"""Keras 2's logged `loss` where `add_loss` values are the whole loss.
 
 Keras 3 sums each `add_loss` value into the total (`ops.sum`) and logs the
 total weighted by the batch size. Keras 2 differentiated that same sum, but
-its loss tracker added the values elementwise (`tf.add_n`) to the compiled
-loss and took the mean of the elements, weighted by the batch size only
-where a compiled loss gave one: a per-sample CTC loss of shape (batch, 1)
-was logged as its mean, a scalar `add_loss` alone as the plain average of
-the batches. Where that differs (a non-scalar value, or no compiled loss),
+with no compiled loss its loss tracker took the `add_loss` values added up
+elementwise (`tf.add_n`) with no batch size: it averaged their elements,
+over the epoch. A per-sample CTC loss of shape (batch, 1) (keras-io's
+captcha OCR) was logged as the mean per sample, a scalar as the plain
+average of the batches. Next to a compiled loss, Keras 2 logged the sum of
+scalar values as Keras 3 does, and raised on non-scalar ones (`tf.add_n`
+of a scalar and a tensor), so Keras 3's value stays there.
+
 `compute_loss` notes Keras 2's value and weight for the total it returns,
 and the step's update of the `loss` tracker with that very total takes them
 instead. The total Keras differentiates is never touched.
@@ -22,7 +25,7 @@ import threading
 from kerasfix import _adapters, _config, _wrapping
 
 # Per thread: `compiled`, the compiled loss values of the compute_loss under
-# way; `pending`, (model, total, value, weight, per_batch) for the tracker.
+# way; `pending`, (model, total, value, weight) for the loss tracker.
 _local = threading.local()
 
 
@@ -44,51 +47,35 @@ def _compute_loss(wrapped, instance, args, kwargs):
         total = wrapped(*args, **kwargs)
     finally:
         _local.compiled = outer
+    if any(value is not None for value in compiled):
+        return total
     added = instance.losses
-    if added and len(compiled) <= 1:
-        logged = _keras2_logged(compiled[0] if compiled else None, added)
-        if logged is not None:
-            _local.pending = (instance, total) + logged
+    if added:
+        _local.pending = (instance, total) + _keras2_logged(added)
     return total
 
 
-def _keras2_logged(compiled, added):
-    """`(value, weight, per_batch)` Keras 2's tracker took for one batch,
-    or None where it is Keras 3's (scalar `add_loss` next to a compiled loss)."""
+def _keras2_logged(added):
+    """`(value, weight)` Keras 2's loss tracker took for one batch: the
+    mean of the elements of the values added up, each element counted once."""
     from keras.src import ops
 
-    if compiled is not None and all(len(v.shape) == 0 for v in added):
-        return None
     summed = functools.reduce(ops.add, [ops.cast(v, "float32") for v in added])
-    # Keras 2's Mean counted each element, each weighted by the batch size
-    # where a compiled loss gave one.
-    count = ops.sum(ops.ones_like(summed))
-    value = ops.mean(summed)
-    if compiled is not None:
-        value = ops.add(value, ops.cast(compiled, "float32"))
-    return value, count, compiled is not None
+    return ops.mean(summed), ops.sum(ops.ones_like(summed))
 
 
 def _update_state(wrapped, instance, args, kwargs):
     pending = getattr(_local, "pending", None)
     if pending is None or _config.mode is None:
         return wrapped(*args, **kwargs)
-    model, total, value, weight, per_batch = pending
-
-    def bind(values, sample_weight=None):
-        return values, sample_weight
-
-    values, batch_size = bind(*args, **kwargs)
+    model, total, value, weight = pending
+    values = args[0] if args else kwargs.get("values")
     # Only the step's own update with the total compute_loss returned: a
     # custom step that logs something else, or tf.distribute's rescaled
     # total, keeps Keras's arithmetic.
     if values is not total or instance is not _adapters.loss_tracker(model):
         return wrapped(*args, **kwargs)
     _local.pending = None
-    from keras.src import ops
-
-    if per_batch and batch_size is not None:
-        weight = ops.multiply(weight, ops.cast(batch_size, "float32"))
     return wrapped(value, sample_weight=weight)
 
 
