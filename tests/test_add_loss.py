@@ -50,11 +50,13 @@ def _weights(model):
     return [rng.uniform(-0.5, 0.5, size=w.shape).astype("float32") for w in model.get_weights()]
 
 
-def _train(k, model, compiled):
+def _train(k, model, compiled, run_eagerly=False):
     x, targets, y = _data()
     model.set_weights(_weights(model))
     model.compile(
-        optimizer=k.optimizers.SGD(learning_rate=0.05), loss="mse" if compiled else None
+        optimizer=k.optimizers.SGD(learning_rate=0.05),
+        loss="mse" if compiled else None,
+        run_eagerly=run_eagerly,
     )
     fit_y = y[:14] if compiled else None
     val = ([x[14:], targets[14:]], y[14:]) if compiled else ([x[14:], targets[14:]],)
@@ -81,8 +83,10 @@ def _skip_on_jax():
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize("case", CASES)
-def test_logged_loss_is_keras2s(patched, case):
+@pytest.mark.parametrize(
+    "case,run_eagerly", [(case, False) for case in CASES] + [("per_sample_only", True)]
+)
+def test_logged_loss_is_keras2s(patched, case, run_eagerly):
     _skip_on_jax()
     tf_keras = pytest.importorskip("tf_keras")
     import tensorflow as tf
@@ -90,7 +94,7 @@ def test_logged_loss_is_keras2s(patched, case):
     kind, compiled = CASES[case]
     keras = support._keras()
     theirs = _train(tf_keras, _model(tf_keras, tf.reduce_mean, tf.square, kind), compiled)
-    ours = _train(keras, _keras3_model(kind), compiled)
+    ours = _train(keras, _keras3_model(kind), compiled, run_eagerly)
     assert list(ours[0]) == list(theirs[0])
     for key in theirs[0]:
         np.testing.assert_allclose(ours[0][key], theirs[0][key], rtol=1e-5, err_msg=key)
