@@ -160,6 +160,21 @@ def loss_tracker(model):
     return getattr(model, "_loss_tracker", None)
 
 
+def is_same_total(values, total):
+    """Whether the step logs the very total `compute_loss` returned: that
+    tensor, or its `detach()` (torch's train step from Keras 3.16), which
+    shares its memory."""
+    if values is total:
+        return True
+    data_ptr = getattr(values, "data_ptr", None)
+    return (
+        callable(data_ptr)
+        and type(values) is type(total)
+        and tuple(values.shape) == tuple(total.shape)
+        and data_ptr() == total.data_ptr()
+    )
+
+
 def missing_for_order(compile_utils, trainer, callbacks_module):
     """What Keras 2's names and order need and do not find, or None."""
     missing = [

@@ -73,7 +73,7 @@ def _update_state(wrapped, instance, args, kwargs):
     # Only the step's own update with the total compute_loss returned: a
     # custom step that logs something else, or tf.distribute's rescaled
     # total, keeps Keras's arithmetic.
-    if values is not total or instance is not _adapters.loss_tracker(model):
+    if instance is not _adapters.loss_tracker(model) or not _adapters.is_same_total(values, total):
         return wrapped(*args, **kwargs)
     _local.pending = None
     return wrapped(value, sample_weight=weight)
