@@ -20,6 +20,7 @@ CALLBACKS = "keras.src.callbacks"
 MODEL = "keras.src.models.model"
 PYTHON_UTILS = "keras.src.utils.python_utils"
 TF_TRAINER = "keras.src.backend.tensorflow.trainer"
+REDUCTION_METRICS = "keras.src.metrics.reduction_metrics"
 
 
 _Fields = collections.namedtuple(
@@ -137,6 +138,42 @@ def _jax_drops_updates(trainer, backend):
             "computing the loss"
         )
     return None
+
+
+def missing_for_add_loss(compile_utils, trainer, reduction_metrics):
+    """What Keras 2's logged `add_loss` value needs and does not find, or
+    None: the trainer's `compute_loss` and the `Mean` its `compile` keeps as
+    `_loss_tracker`, which each step updates with that very total."""
+    if "compute_loss" not in vars(trainer):
+        return f"{trainer.__name__} does not define compute_loss"
+    if "_loss_tracker" not in _attributes_set(vars(trainer)["compile"]):
+        return f"{trainer.__name__}.compile keeps no _loss_tracker"
+    mean = getattr(reduction_metrics, "Mean", None)
+    if not isinstance(mean, type) or "update_state" not in vars(mean):
+        return f"no Mean class defining update_state in {REDUCTION_METRICS}"
+    if "__call__" not in vars(getattr(compile_utils, "CompileLoss", object)):
+        return "CompileLoss does not define __call__"
+    return None
+
+
+def loss_tracker(model):
+    """The `Mean` a compiled model logs as `loss`, or None."""
+    return getattr(model, "_loss_tracker", None)
+
+
+def is_same_total(values, total):
+    """Whether the step logs the very total `compute_loss` returned: that
+    tensor, or its `detach()` (torch's train step from Keras 3.16), which
+    shares its memory."""
+    if values is total:
+        return True
+    data_ptr = getattr(values, "data_ptr", None)
+    return (
+        callable(data_ptr)
+        and type(values) is type(total)
+        and tuple(values.shape) == tuple(total.shape)
+        and data_ptr() == total.data_ptr()
+    )
 
 
 def missing_for_order(compile_utils, trainer, callbacks_module):

@@ -15,8 +15,8 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_metric, _callbacks, _config, _keras2_steps
-from kerasfix import _loss_metrics, _metrics_names, _wrapping
+from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _config
+from kerasfix import _keras2_steps, _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
 MECHANISMS = (
@@ -25,6 +25,7 @@ MECHANISMS = (
     "names and order",
     "add_metric",
     "keras 2 steps",
+    "add_loss",
 )
 
 _adapter = None  # the layout found when the patch went in
@@ -46,6 +47,7 @@ def _installers(adapter):
     loss = importlib.import_module(_adapters.LOSS)
     callbacks = importlib.import_module(_adapters.CALLBACKS)
     model = importlib.import_module(_adapters.MODEL)
+    reduction_metrics = importlib.import_module(_adapters.REDUCTION_METRICS)
 
     def loss_metrics():
         _loss_metrics.install(adapter, compile_utils, trainer, loss)
@@ -64,7 +66,11 @@ def _installers(adapter):
     def keras2_steps():
         return _keras2_steps.install(adapter, trainer, backend.backend())
 
-    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric, keras2_steps))
+    def add_loss():
+        return _add_loss.install(compile_utils, trainer, reduction_metrics, backend.backend())
+
+    installs = (loss_metrics, direction, order, add_metric, keras2_steps, add_loss)
+    return zip(MECHANISMS, installs)
 
 
 def _detect():
@@ -143,6 +149,7 @@ def _version():
 def _undo():
     _loss_metrics.uninstall()
     _add_metric.uninstall()
+    _add_loss.uninstall()
     _wrapping.restore()
 
 

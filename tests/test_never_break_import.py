@@ -136,14 +136,20 @@ def test_each_wrap_step_that_raises_switches_off_its_mechanism_only(
         ("layer", "_clear_losses", "add_metric"),
         ("trainer", "_flatten_metrics_in_order", "names and order"),
         ("trainer", "metrics_names", "names and order"),
+        ("mean", "update_state", "add_loss"),
     ],
 )
 def test_a_missing_internal_switches_off_its_mechanism_only(
     patch_supported, monkeypatch, declined, owner, internal, mechanism
 ):
     from keras.src.layers import layer
+    from keras.src.metrics import reduction_metrics
 
-    cls = layer.Layer if owner == "layer" else _adapters.base_trainer(trainer_module)
+    cls = {
+        "layer": layer.Layer,
+        "mean": reduction_metrics.Mean,
+        "trainer": _adapters.base_trainer(trainer_module),
+    }[owner]
     monkeypatch.delattr(cls, internal)
     said, status = declined()
     assert status["effective"] == "partial"
