@@ -15,11 +15,11 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_metric, _callbacks, _config
+from kerasfix import _adapters, _add_metric, _callbacks, _compile_forms, _config
 from kerasfix import _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
-MECHANISMS = ("loss metrics", "callbacks", "names and order", "add_metric")
+MECHANISMS = ("loss metrics", "callbacks", "names and order", "add_metric", "compile forms")
 
 _adapter = None  # the layout found when the patch went in
 _declined = None  # why the installed Keras was not patched at all
@@ -55,7 +55,10 @@ def _installers(adapter):
     def add_metric():
         return _add_metric.install(trainer, backend.backend())
 
-    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric))
+    def compile_forms():
+        return _compile_forms.install(compile_utils, trainer, model)
+
+    return zip(MECHANISMS, (loss_metrics, direction, order, add_metric, compile_forms))
 
 
 def _detect():
