@@ -76,10 +76,13 @@ def _losses(loss, weights, names):
     if isinstance(weights, dict):
         _check_keys(weights, names, "loss_weights")
     partial = isinstance(loss, dict) and set(loss) != set(names)
-    # Keras 3 pairs a dict of weights with a list of losses in key order, and
-    # broadcasts neither one loss to weights nor one weight to losses.
+    # Keras 3 pairs a dict of weights with a list of losses in key order,
+    # 3.0-3.4 take no list of weights with a dict of losses, and none
+    # broadcasts one loss to several weights or one weight to several losses.
     mismatched = weights is not None and (
-        isinstance(weights, dict) or _is_nested(loss) != _is_nested(weights)
+        isinstance(weights, dict)
+        or isinstance(loss, dict)
+        or _is_nested(loss) != _is_nested(weights)
     )
     if not (partial or mismatched):
         return loss, weights

@@ -70,6 +70,10 @@ FORMS = {
         {"loss": ["mse", "mae"], "loss_weights": {"b": 2.0}},
         {},
     ),
+    "loss_dict_weights_list": (
+        {"loss": {"a": "mse", "b": "mae"}, "loss_weights": [0.5, 2.0]},
+        {},
+    ),
     "loss_dict_one_output": ({"loss": {"a": "mse"}, "metrics": ["mae"]}, {}),
     "sample_weight_dict": (
         {"loss": ["mse", "mae"], "weighted_metrics": ["mae"]},
@@ -201,7 +205,7 @@ def test_single_output_and_keras3_forms_are_untouched(patch_supported):
         keras.utils.set_random_seed(4)
         model = functional(keras)
         model.compile(
-            "sgd", loss={"a": "mse", "b": "mae"}, loss_weights=[0.5, 2.0],
+            "sgd", loss=["mse", "mae"], loss_weights=[0.5, 2.0],
             metrics=[["mae"], ["mse", "mae"]], weighted_metrics={"b": ["mae"]},
         )
         return model.fit(
@@ -235,6 +239,6 @@ def test_off_is_keras(patch_supported):
     kerasfix.enable()
     kerasfix.disable()
     model = functional(keras)
-    model.compile("sgd", loss="mse", loss_weights=[0.5, 2.0])
+    model.compile("sgd", loss="mse", metrics=["mae"])
     with pytest.raises(ValueError):
         model.fit(X, [YA, YB], epochs=1, verbose=0)
