@@ -69,8 +69,9 @@ def _per_output(struct, names, missing):
 # Losses
 
 
-def _losses(loss, weights, names):
-    """`(loss, loss_weights)` with Keras 2's meaning for list outputs."""
+def _losses(loss, weights, names, keyed):
+    """`(loss, loss_weights)` with Keras 2's meaning for list outputs; keyed
+    by output name where the CompileLoss knows the names, else lists."""
     if isinstance(loss, dict):
         _check_keys(loss, names, "loss")
     if isinstance(weights, dict):
@@ -89,6 +90,10 @@ def _losses(loss, weights, names):
     loss = _per_output(loss, names, None)
     # An output without a weight counts once, as in Keras 2.
     weights = None if weights is None else _per_output(weights, names, 1.0)
+    if keyed:
+        # Keyed by output, as Keras 3.0-3.4 skip None only in a dict of losses.
+        loss = dict(zip(names, loss))
+        weights = None if weights is None else dict(zip(names, weights))
     return loss, weights
 
 
@@ -96,8 +101,12 @@ def _build_loss(wrapped, instance, args, kwargs):
     if _config.mode is not None:
         y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
         if _outputs(y_pred) is not None and not isinstance(y_pred, dict):
+            names = _names(instance, y_pred)
             instance._user_loss, instance._user_loss_weights = _losses(
-                instance._user_loss, instance._user_loss_weights, _names(instance, y_pred)
+                instance._user_loss,
+                instance._user_loss_weights,
+                names,
+                keyed=names == list(instance.output_names or ()),
             )
     return wrapped(*args, **kwargs)
 
