@@ -15,8 +15,8 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _config
-from kerasfix import _keras2_steps, _loss_metrics, _metrics_names, _wrapping
+from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _compile_forms
+from kerasfix import _config, _keras2_steps, _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
 MECHANISMS = (
@@ -26,6 +26,7 @@ MECHANISMS = (
     "add_metric",
     "keras 2 steps",
     "add_loss",
+    "compile forms",
 )
 
 _adapter = None  # the layout found when the patch went in
@@ -63,14 +64,19 @@ def _installers(adapter):
     def add_metric():
         return _add_metric.install(trainer, backend.backend())
 
-    def keras2_steps():
-        return _keras2_steps.install(adapter, trainer, backend.backend())
+from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _compile_forms
+from kerasfix import _config, _keras2_steps, _loss_metrics, _metrics_names, _wrapping
+from kerasfix._config import KerasfixError
 
-    def add_loss():
-        return _add_loss.install(compile_utils, trainer, reduction_metrics, backend.backend())
-
-    installs = (loss_metrics, direction, order, add_metric, keras2_steps, add_loss)
-    return zip(MECHANISMS, installs)
+MECHANISMS = (
+    "loss metrics",
+    "callbacks",
+    "names and order",
+    "add_metric",
+    "keras 2 steps",
+    "add_loss",
+    "compile forms",
+)
 
 
 def _detect():
