@@ -64,19 +64,19 @@ def _installers(adapter):
     def add_metric():
         return _add_metric.install(trainer, backend.backend())
 
-from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _compile_forms
-from kerasfix import _config, _keras2_steps, _loss_metrics, _metrics_names, _wrapping
-from kerasfix._config import KerasfixError
+    def keras2_steps():
+        return _keras2_steps.install(adapter, trainer, backend.backend())
 
-MECHANISMS = (
-    "loss metrics",
-    "callbacks",
-    "names and order",
-    "add_metric",
-    "keras 2 steps",
-    "add_loss",
-    "compile forms",
-)
+    def add_loss():
+        return _add_loss.install(compile_utils, trainer, reduction_metrics, backend.backend())
+
+    def compile_forms():
+        return _compile_forms.install(compile_utils, trainer, model)
+
+    installs = (
+        loss_metrics, direction, order, add_metric, keras2_steps, add_loss, compile_forms
+    )
+    return zip(MECHANISMS, installs)
 
 
 def _detect():
