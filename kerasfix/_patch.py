@@ -15,8 +15,8 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _compile_forms
-from kerasfix import _config, _keras2_steps, _loss_metrics, _metrics_names, _wrapping
+from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _config
+from kerasfix import _keras2_steps, _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
 MECHANISMS = (
@@ -26,7 +26,6 @@ MECHANISMS = (
     "add_metric",
     "keras 2 steps",
     "add_loss",
-    "compile forms",
 )
 
 _adapter = None  # the layout found when the patch went in
@@ -70,12 +69,7 @@ def _installers(adapter):
     def add_loss():
         return _add_loss.install(compile_utils, trainer, reduction_metrics, backend.backend())
 
-    def compile_forms():
-        return _compile_forms.install(compile_utils, trainer, model)
-
-    installs = (
-        loss_metrics, direction, order, add_metric, keras2_steps, add_loss, compile_forms
-    )
+    installs = (loss_metrics, direction, order, add_metric, keras2_steps, add_loss)
     return zip(MECHANISMS, installs)
 
 
