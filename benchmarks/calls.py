@@ -1,33 +1,41 @@
 """What kerasfix costs each call a user makes, measured; prints figures and goals.
 
-    KERAS_BACKEND=jax python benchmarks/calls.py [--rounds 5] [--json]
+    KERAS_BACKEND=jax python benchmarks/calls.py [--pairs 40] [--json]
 
-Each arm runs in its own process, this script again with `--child`: one
-with `KERASFIX=1` (kerasfix on, as its `.pth` line turns it on), one with
+Two processes run side by side, this script again with `--child`: one with
+`KERASFIX=1` (kerasfix on, as its `.pth` line turns it on), one with
 `KERASFIX` removed from the environment (kerasfix never imported, so Keras
 runs as it is; two models in one process would both pass kerasfix's
-wrappers). The two processes alternate, `--rounds` times each, in an order
-that flips each round, since this host's speed drifts within seconds.
+wrappers). They take short turns in lockstep, one waiting while the other
+works, in an order that flips each turn: this host's speed drifts by tens
+of per cent within seconds, and only turns a few milliseconds apart meet
+the same drift. Each pair of turns gives one ratio; the table gives the
+median of those ratios (`--pairs` of them), their quartiles, and each
+arm's median time.
 
 Each process builds two small models (Dense 16, batch 32, so the per-call
 overhead shows): one output (`loss="mse"`, `metrics=["mae"]`) and two
 functional outputs `a`, `b` (`loss=["mse", "mse"]`,
-`metrics=[["mae"], ["mae"]]`). After warming up (the first calls trace) it
-times, in blocks that take turns, the median per call of:
+`metrics=[["mae"], ["mae"]]`). After warming up (the first calls trace) a
+turn times, as a block of about 20 ms, the mean per call of:
 
 - `train_on_batch(x, y)` (a list result) and with `return_dict=True`;
 - `test_on_batch(x, y)`;
 - `model.metrics_names`, and for reference `[m.name for m in model.metrics]`,
   which is what Keras's own `metrics_names` does (in the kerasfix process
-  `model.metrics` is kerasfix's, as users see it);
+  `model.metrics` is kerasfix's, as users see it; this pair's ratio is taken
+  within the kerasfix process);
 - a step of `fit` for a model with N heads (N = 2, 16, 64; each Dense(1) on
-  a shared Dense(16), loss "mse" each): 3 epochs of 40 steps, a step's time
-  from one step's end to the next, the first epoch left out.
+  a shared Dense(16), loss "mse" each): a turn is one epoch of 40 steps,
+  its median step from one step's end to the next.
 
-The table gives each arm's median over the rounds, the ratio of the two,
-and the lowest and highest ratio of a single round. Goals: kerasfix / none
-<= 1.02 per call on TensorFlow and JAX, <= 1.05 on torch; kerasfix's
-`metrics_names` <= 2x the reference read in the same process. Nothing is
+A last column gives the time spent in kerasfix's own functions per call,
+from cProfile in the kerasfix process, as a share of the baseline: an
+upper bound of what kerasfix's Python adds, free of the drift between
+turns (it leaves out what kerasfix adds inside a traced step).
+
+Goals: kerasfix / none <= 1.02 per call on TensorFlow and JAX, <= 1.05 on
+torch; kerasfix's `metrics_names` <= 2x the reference read. Nothing is
 asserted: the figures and goals are printed.
 
 On a busy host, torch's two intra-op threads make these tiny steps take
@@ -41,33 +49,18 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 FEATURES, HIDDEN, BATCH = 8, 16, 32
 HEADS = (2, 16, 64)
-EPOCHS, STEPS = 3, 40
+STEPS = 40
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def per_call(calls, repeat, block=0.02):
-    """Median seconds per call of each `calls[name]`, timed in blocks of
-    about `block` seconds that take turns, so all meet the same drift."""
-    number = {}
-    for name, fn in calls.items():
-        t = time.perf_counter()
-        fn()
-        number[name] = max(1, round(block / (time.perf_counter() - t)))
-    times = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, fn in calls.items():
-            t = time.perf_counter()
-            for _ in range(number[name]):
-                fn()
-            times[name].append((time.perf_counter() - t) / number[name])
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def child():
+    """Builds the models, then runs what the parent asks, a line at a time:
+    `<measure> <calls>` prints seconds per call; `quit` ends."""
     if os.environ.get("KERASFIX"):
         import kerasfix  # noqa: F401  (as the .pth line does, but failing loudly)
     import keras
@@ -109,89 +102,158 @@ def child():
         calls[f"{label}|test_on_batch"] = lambda m=m, x=x, y=y: m.test_on_batch(x, y)
         calls[f"{label}|metrics_names"] = lambda m=m: m.metrics_names
         calls[f"{label}|reference"] = lambda m=m: [t.name for t in m.metrics]
-    result = per_call(calls, repeat=15)
 
     class Clock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.epochs = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epochs.append([])
+            self.ends = []
 
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])  # waits for the step: JAX runs ahead otherwise
-            self.epochs[-1].append(time.perf_counter())
+            self.ends.append(time.perf_counter())
 
+    fits = {}
     for heads in HEADS:
         m = model([f"h{i}" for i in range(heads)], metrics=False)
         x, y = data(BATCH * STEPS, heads)
-        clock = Clock()
-        m.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[clock])
-        # The first epoch traces; steps within an epoch leave out its set-up.
-        steps = [b - a for ends in clock.epochs[1:] for a, b in zip(ends, ends[1:])]
-        result[f"{heads} heads|fit step"] = statistics.median(steps)
+
+        def fit(m=m, x=x, y=y):
+            clock = Clock()
+            m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+            return statistics.median(b - a for a, b in zip(clock.ends, clock.ends[1:]))
+
+        fit()  # traces
+        fits[f"{heads} heads|fit step"] = fit
 
     kerasfix = sys.modules.get("kerasfix")
-    result["kerasfix"] = "not imported" if kerasfix is None else kerasfix.status()["effective"]
-    result["kerasfix_file"] = getattr(kerasfix, "__file__", None)
-    result["keras"], result["backend"] = keras.__version__, keras.config.backend()
-    print(json.dumps(result))
+    info = {
+        "kerasfix": "not imported" if kerasfix is None else kerasfix.status()["effective"],
+        "kerasfix_file": getattr(kerasfix, "__file__", None),
+        "keras": keras.__version__,
+        "backend": keras.config.backend(),
+        # Calls per turn: about 20 ms of each.
+        "number": {name: max(1, round(0.02 / timed(fn, 1))) for name, fn in calls.items()},
+        "measures": list(calls) + list(fits),
+    }
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            return 0
+        command, name, number = line.rstrip("\n").split("\t")
+        run = fits[name] if name in fits else lambda: timed(calls[name], int(number))
+        if command == "time":
+            print(repr(run()), flush=True)
+        else:
+            calls_made = STEPS if name in fits else int(number)
+            print(repr(own_time(run) / calls_made), flush=True)
+    return 0
 
 
-def run(arm):
-    env = {k: v for k, v in os.environ.items() if k != "KERASFIX"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's start-up chatter
-    # This checkout's kerasfix, wherever the environment's install points.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    if arm == "kerasfix":
-        env["KERASFIX"] = "1"
-    out = subprocess.run(
-        [sys.executable, __file__, "--child"], env=env, capture_output=True, text=True
-    )
-    if out.returncode:
-        sys.exit(f"{arm} process failed:\n{out.stderr}")
-    result = json.loads(out.stdout.splitlines()[-1])
-    if (result["kerasfix"] == "patched") != (arm == "kerasfix"):
-        # The .pth line only reports a kerasfix that fails to import.
-        sys.exit(f"kerasfix is {result['kerasfix']!r} in the {arm} process:\n{out.stderr}")
-    odd = [line for line in out.stderr.splitlines()
-           if any(w in line for w in ("Warning", "Error", "kerasfix"))]
-    return result, odd
+def own_time(run):
+    """Seconds spent in kerasfix's own code (its functions' time less what
+    they call) while `run()` runs, under cProfile: an upper bound, as the
+    profiler slows small Python functions most."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.runcall(run)
+    package = os.path.join(ROOT, "kerasfix") + os.sep
+    stats = pstats.Stats(profile).stats
+    return sum(tottime for (file, _, _), (_, _, tottime, _, _) in stats.items()
+               if file.startswith(package))
+
+
+def timed(fn, number):
+    t = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t) / number
+
+
+class Arm:
+    """One child process, kerasfix on or not."""
+
+    def __init__(self, name):
+        env = {k: v for k, v in os.environ.items() if k != "KERASFIX"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's start-up chatter
+        # This checkout's kerasfix, wherever the environment's install points.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        if name == "kerasfix":
+            env["KERASFIX"] = "1"
+        self.name = name
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--child"], env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+        )
+
+    def read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            self.stderr.seek(0)
+            sys.exit(f"{self.name} process failed:\n{self.stderr.read()}")
+        return line
+
+    def ask(self, measure, number, command="time"):
+        self.process.stdin.write(f"{command}\t{measure}\t{number}\n")
+        self.process.stdin.flush()
+        return float(self.read())
+
+    def close(self):
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        self.process.wait()
+        self.stderr.seek(0)
+        return [line.rstrip() for line in self.stderr
+                if any(w in line for w in ("Warning", "Error", "kerasfix"))]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="kerasfix per-call overhead")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child()
 
-    arms = ["kerasfix", "none"]
-    rounds, stderr = [], {arm: set() for arm in arms}
-    for r in range(args.rounds):
-        this = {}
-        for arm in arms if r % 2 == 0 else arms[::-1]:
-            this[arm], odd = run(arm)
-            stderr[arm].update(odd)
-            print(f"round {r + 1}/{args.rounds}: {arm} done", file=sys.stderr)
-        rounds.append(this)
-    info = rounds[0]["kerasfix"]
+    arms = {name: Arm(name) for name in ("kerasfix", "none")}
+    infos = {name: json.loads(arm.read()) for name, arm in arms.items()}
+    for name, info in infos.items():
+        if (info["kerasfix"] == "patched") != (name == "kerasfix"):
+            # The .pth line only reports a kerasfix that fails to import.
+            sys.exit(f"kerasfix is {info['kerasfix']!r} in the {name} process")
+    info = infos["kerasfix"]
+    number = infos["none"]["number"]
+    times = {name: {m: [] for m in info["measures"]} for name in arms}
+    for pair in range(args.pairs):
+        for measure in info["measures"]:
+            order = list(arms) if pair % 2 == 0 else list(arms)[::-1]
+            for name in order:
+                times[name][measure].append(arms[name].ask(measure, number.get(measure, 1)))
+        if (pair + 1) % 10 == 0:
+            print(f"pair {pair + 1}/{args.pairs}", file=sys.stderr)
+    own = {measure: statistics.median(
+        arms["kerasfix"].ask(measure, number.get(measure, 1), "own") for _ in range(5))
+        for measure in info["measures"]}
+    stderr = {name: arm.close() for name, arm in arms.items()}
     backend = info["backend"]
     limit = 1.05 if backend == "torch" else 1.02
 
     def row(model, measure, top, bottom, goal):
-        """`top` over `bottom` (each an (arm, key)): their medians over the
-        rounds, the ratio of those, and the lowest and highest round's ratio."""
-        n, d = (statistics.median(r[arm][key] for r in rounds) for arm, key in (top, bottom))
-        each = [r[top[0]][top[1]] / r[bottom[0]][bottom[1]] for r in rounds]
-        return {"model": model, "measure": measure, "baseline": d, "kerasfix": n,
-                "ratio": n / d, "round_min": min(each), "round_max": max(each),
-                "goal": goal, "met": None if goal is None else n / d <= goal}
+        """`top` over `bottom` (each an (arm, measure)): each one's median,
+        the median and quartiles of the ratios of turns taken together."""
+        a, b = times[top[0]][top[1]], times[bottom[0]][bottom[1]]
+        ratios = statistics.quantiles([x / y for x, y in zip(a, b)], n=4)
+        return {"model": model, "measure": measure,
+                "baseline": statistics.median(b), "kerasfix": statistics.median(a),
+                "ratio": ratios[1], "q1": ratios[0], "q3": ratios[2],
+                # cProfile's cost swamps a read of microseconds: no figure.
+                "own": None if "metrics_names" in top[1] else own[top[1]] / statistics.median(b),
+                "goal": goal, "met": None if goal is None else ratios[1] <= goal}
 
     rows = []
-    for key in [k for k in rounds[0]["none"] if "|" in k]:
+    for key in info["measures"]:
         model, measure = key.split("|")
         if measure == "reference":
             continue
@@ -205,14 +267,11 @@ def main(argv=None):
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "keras": info["keras"],
         "backend": backend,
-        "rounds": args.rounds,
-        "kerasfix in each arm": {arm: rounds[0][arm]["kerasfix"] for arm in arms},
+        "pairs": args.pairs,
+        "kerasfix in each arm": {name: i["kerasfix"] for name, i in infos.items()},
         "kerasfix measured": info["kerasfix_file"],
         "rows": rows,
-        "reference read, plain process (s)": {
-            k: statistics.median(r["none"][k] for r in rounds)
-            for k in rounds[0]["none"] if k.endswith("|reference")},
-        "stderr lines naming warnings or kerasfix": {arm: sorted(s) for arm, s in stderr.items()},
+        "stderr lines naming warnings or kerasfix": stderr,
     }
     if args.json:
         print(json.dumps(report, indent=1))
@@ -221,19 +280,20 @@ def main(argv=None):
     def fmt(s):
         return f"{s * 1e3:.3f} ms" if s >= 1e-4 else f"{s * 1e6:.2f} µs"
 
-    print(f"{report['machine']}, Keras {info['keras']}, {backend}, {args.rounds} rounds; "
+    print(f"{report['machine']}, Keras {info['keras']}, {backend}, {args.pairs} pairs of turns; "
           f"kerasfix: {report['kerasfix in each arm']}, {info['kerasfix_file']}\n")
     # Baseline: Keras without kerasfix, or in the reference rows
     # `[m.name for m in model.metrics]` in the kerasfix process.
-    print("| model | measure | baseline | kerasfix | ratio (rounds' min-max) | goal |")
-    print("|---|---|---|---|---|---|")
+    print("| model | measure | baseline | kerasfix | ratio (quartiles) | kerasfix's own code | goal |")
+    print("|---|---|---|---|---|---|---|")
     for x in rows:
+        own = "-" if x["own"] is None else f"+{x['own']:.1%}"
         goal = "-" if x["goal"] is None else f"≤ {x['goal']:g} {'met' if x['met'] else 'MISSED'}"
         print(f"| {x['model']} | {x['measure']} | {fmt(x['baseline'])} | {fmt(x['kerasfix'])} | "
-              f"{x['ratio']:.3f} ({x['round_min']:.3f}-{x['round_max']:.3f}) | {goal} |")
-    for arm, lines in report["stderr lines naming warnings or kerasfix"].items():
+              f"{x['ratio']:.3f} ({x['q1']:.3f}-{x['q3']:.3f}) | {own} | {goal} |")
+    for name, lines in stderr.items():
         for line in lines:
-            print(f"{arm} stderr: {line}")
+            print(f"{name} stderr: {line}")
     return 0
 
 

@@ -64,7 +64,9 @@ def status():
     "partial" (some mechanisms off: `mechanisms` says which and why),
     "upstream" (kerasfix off), "native" (Keras 2 itself), "unsupported"
     (kerasfix declined this Keras) or "no keras". `mechanisms` maps each
-    of kerasfix's mechanisms to "on" or "off: <why>" while kerasfix is on.
+    of kerasfix's mechanisms to "on", "off: <why>" (an internal it needs is
+    missing) or "not on <backend>: <why>" (the backend rules it out; not
+    `partial`) while kerasfix is on.
     Imports Keras to find out.
     """
     keras_version = _adapters.keras_version()
@@ -98,10 +100,11 @@ def status():
         info["internals"] = (
             f"{_patch._adapter.name} (Keras {_patch._adapter.releases})"
         )
-        info["mechanisms"] = {
-            name: f"off: {_patch.off[name]}" if name in _patch.off else "on"
-            for name in _patch.MECHANISMS
-        }
+        info["mechanisms"] = {name: "on" for name in _patch.MECHANISMS}
+        for name, why in _patch.not_here.items():
+            info["mechanisms"][name] = f"not on {info['backend']}: {why}"
+        for name, why in _patch.off.items():
+            info["mechanisms"][name] = f"off: {why}"
         info["effective"] = "partial" if _patch.off else "patched"
     elif _patch._declined is not None:
         info["internals"] = _patch._declined

@@ -202,6 +202,27 @@ def callback_model(callback):
     return model if hasattr(model, "_compile_metrics") else None
 
 
+def missing_for_compile_forms(compile_utils, trainer):
+    """What Keras 2's compile forms need and do not find, or None: the
+    compile arguments CompileLoss and CompileMetrics keep until `build`."""
+    found = {
+        "CompileLoss": {"_user_loss", "_user_loss_weights", "output_names"},
+        "CompileMetrics": {"_user_metrics", "_user_weighted_metrics", "output_names"},
+    }
+    for name, kept in found.items():
+        cls = getattr(compile_utils, name, None)
+        if not isinstance(cls, type) or not {"build", "__init__"} <= vars(cls).keys():
+            return f"no {name} with its own build in {COMPILE_UTILS}"
+        if not kept <= _attributes_set(vars(cls)["__init__"]):
+            return f"{name}.__init__ keeps no {', '.join(sorted(kept))}"
+    if "update_state" not in vars(compile_utils.CompileMetrics):
+        return "CompileMetrics does not define update_state"
+    kept = {"_compile_loss", "_compile_metrics"}
+    if not kept <= _attributes_set(vars(trainer)["compile"]):
+        return f"{trainer.__name__}.compile keeps no _compile_loss or _compile_metrics"
+    return None
+
+
 def result_owner(model_module):
     """The class whose `evaluate`, `train_on_batch` and `test_on_batch`
     `keras.Model` runs: the backend's trainer, under whatever name."""
@@ -223,9 +244,10 @@ def log_sorters(trainer, callback_list):
     return [(owner, name) for owner, name in found if name in vars(owner)]
 
 
-def compiled_metric_names(compile_metrics):
+def compiled_metric_names(compile_metrics, prefixed=True):
     """The names `CompileMetrics.result()` gives its values, in Keras 2's
-    order: output by output, its `metrics` then its `weighted_metrics`.
+    order: output by output, its `metrics` then its `weighted_metrics`
+    (`prefixed=False`: as if the outputs had no names).
 
     Keras's own naming (the same from 3.0 to 3.16) replayed on the metric
     objects, so no `result()` runs: a metric may not even have variables
@@ -239,7 +261,7 @@ def compiled_metric_names(compile_metrics):
         for output, listed in enumerate(lists):
             if not listed:
                 continue
-            prefix = f"{listed.output_name}_" if listed.output_name else ""
+            prefix = f"{listed.output_name}_" if prefixed and listed.output_name else ""
             for position, metric in enumerate(listed.metrics):
                 name = prefix + metric.name
                 if name in counts and group == 1:

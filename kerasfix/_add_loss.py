@@ -19,6 +19,11 @@ gradient trace as another value, which cannot be told from the total
 `compute_loss` returned, so on JAX Keras logs its own value.
 """
 
+NOT_ON_JAX = (
+    "JAX's step logs the loss it takes out of the gradient trace, not a "
+    "total kerasfix can tell apart, so Keras logs its own value"
+)
+
 import functools
 import threading
 
@@ -79,11 +84,11 @@ def _update_state(wrapped, instance, args, kwargs):
     return wrapped(value, sample_weight=weight)
 
 
-def install(compile_utils, trainer, reduction_metrics, backend):
+def install(compile_utils, trainer, reduction_metrics):
     """Wraps what Keras 2's `add_loss` logging needs; returns why it cannot
     work here, or None."""
     why = _adapters.missing_for_add_loss(compile_utils, trainer, reduction_metrics)
-    if why is not None or backend == "jax":
+    if why is not None:
         return why
     _wrapping.wrap_method(compile_utils.CompileLoss, "__call__", _note_compiled)
     _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)

@@ -284,13 +284,16 @@ def _build(wrapped, instance, args, kwargs):
     return result
 
 
-def _metrics_of(compile_loss):
-    """kerasfix's metrics of one CompileLoss (3.0-3.4: its `metrics`)."""
-    with _config.lock:
+def _metrics_of(compile_loss, tracked=None):
+    """kerasfix's metrics of one CompileLoss (3.0-3.4: its `metrics`).
+
+    Read many times in every step: no lock, as reading `_tracked` and a
+    `_Tracked`'s `metrics`, set whole once, is atomic."""
+    tracked = tracked or _tracked.get(compile_loss)
+    if tracked is None:
         _built_before_enable(compile_loss)
-        tracked = _tracked.get(compile_loss)
-        made = None if tracked is None else tracked.metrics
-    return [m for m in made or () if m is not None]
+        return []
+    return [m for m in tracked.metrics or () if m is not None]
 
 
 def metric_names(model):
@@ -304,14 +307,13 @@ def metric_names(model):
 
 
 def _compile_loss_metrics(fget, instance):
-    with _config.lock:
-        tracked = _tracked.get(instance)
-        if tracked is None:
-            _built_before_enable(instance)
-            return fget(instance)
-        if tracked in _calls():  # upstream's own `call`, in this thread
-            return [None] * len(tracked.adapter.entries(instance))
-        return _metrics_of(instance)
+    tracked = _tracked.get(instance)
+    if tracked is None:
+        _built_before_enable(instance)
+        return fget(instance)
+    if tracked in _calls():  # upstream's own `call`, in this thread
+        return [None] * len(tracked.adapter.entries(instance))
+    return _metrics_of(instance, tracked)
 
 
 def _trainer_metrics(fget, instance):

@@ -15,8 +15,8 @@ serves those metrics and goes with them.
 import importlib
 import sys
 
-from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _config
-from kerasfix import _keras2_steps, _loss_metrics, _metrics_names, _wrapping
+from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _compile_forms
+from kerasfix import _config, _keras2_steps, _loss_metrics, _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
 MECHANISMS = (
@@ -26,11 +26,19 @@ MECHANISMS = (
     "add_metric",
     "keras 2 steps",
     "add_loss",
+    "compile forms",
 )
 
 _adapter = None  # the layout found when the patch went in
 _declined = None  # why the installed Keras was not patched at all
 off = {}  # mechanism -> why it is off, where the rest is on
+not_here = {}  # mechanism -> why this backend cannot have it (not an error)
+
+
+class NotHere(str):
+    """What an install returns where the backend itself rules the
+    mechanism out: nothing is missing, so it is no `partial` and no
+    strict error, but `status()` says so."""
 
 
 def _failed(error):
@@ -67,9 +75,16 @@ def _installers(adapter):
         return _keras2_steps.install(adapter, trainer, backend.backend())
 
     def add_loss():
-        return _add_loss.install(compile_utils, trainer, reduction_metrics, backend.backend())
+        if backend.backend() == "jax":
+            return NotHere(_add_loss.NOT_ON_JAX)
+        return _add_loss.install(compile_utils, trainer, reduction_metrics)
 
-    installs = (loss_metrics, direction, order, add_metric, keras2_steps, add_loss)
+    def compile_forms():
+        return _compile_forms.install(compile_utils, trainer, model)
+
+    installs = (
+        loss_metrics, direction, order, add_metric, keras2_steps, add_loss, compile_forms
+    )
     return zip(MECHANISMS, installs)
 
 
@@ -91,7 +106,9 @@ def _install_each(adapter):
             why = install()
         except Exception as error:
             why = _failed(error)
-        if why is not None:
+        if isinstance(why, NotHere):
+            not_here[name] = str(why)
+        elif why is not None:
             _wrapping.restore(mark)
             if name == "loss metrics":
                 _loss_metrics.uninstall()
@@ -106,6 +123,7 @@ def apply(_module=None):
         if _config.mode is None or _wrapping.patched():
             return
         off.clear()
+        not_here.clear()
         try:
             adapter, why = _detect()
             if adapter is not None:
@@ -161,3 +179,4 @@ def undo():
         _undo()
         _adapter = None
         off.clear()
+        not_here.clear()

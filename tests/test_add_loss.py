@@ -164,3 +164,21 @@ def test_keras3_compute_loss_override_is_untouched(patched):
     kernel, bias = model.get_weights()
     expected = np.sum(np.mean((targets - (x @ kernel + bias)) ** 2, axis=-1)) + 1.0
     np.testing.assert_allclose(logged, expected, rtol=1e-5)
+
+
+def test_status_says_add_loss_is_not_on_jax_and_is_not_partial():
+    # JAX rules the mechanism out: status says so, and that is no `partial`
+    # (nothing is missing) and no error under KERASFIX_STRICT.
+    import kerasfix
+
+    support._keras()
+    kerasfix.enable()
+    info = kerasfix.status()
+    if info["effective"] not in ("patched", "partial"):
+        pytest.skip(f"kerasfix does not patch here: {info['effective']}")
+    state = info["mechanisms"]["add_loss"]
+    if support.backend() == "jax":
+        assert state.startswith("not on jax: JAX's step logs")
+        assert info["effective"] == "patched"
+    else:
+        assert state == "on"

@@ -1,0 +1,388 @@
+"""Keras 2's compile and fit forms for models with several outputs.
+
+tf-keras's `compile_utils` gave one loss, one flat list of metrics, a
+scalar or dict of loss weights and a partial dict of losses or sample
+weights a meaning for every output; Keras 3 rejects most of these forms and
+reads a flat metrics list as long as the outputs as one metric per output.
+kerasfix rewrites them, once per compiled model, into the per-output form
+Keras 3 accepts with Keras 2's meaning, when `CompileLoss` and
+`CompileMetrics` are built: only then are the outputs known, for subclassed
+models too. Forms Keras 3 already reads as Keras 2 did are left alone, so
+the total loss stays Keras's own arithmetic. Single-output models are
+untouched.
+
+Recompiling without `metrics=` and `weighted_metrics=` drops the earlier
+compile's metrics, as tf-keras's new `MetricsContainer` did.
+"""
+
+import sys
+import warnings
+
+from kerasfix import _adapters, _config, _wrapping
+
+_OF_MODEL = "_kerasfix_of_model"  # set on what `Model.compile` made
+
+
+def _is_nested(value):
+    return isinstance(value, (list, tuple, dict))
+
+
+def _outputs(y_pred):
+    """The outputs' keys (dict keys or positions) where `y_pred` is a flat
+    list, tuple or dict of two or more outputs; else None."""
+    if isinstance(y_pred, dict):
+        keys = list(y_pred)
+    elif isinstance(y_pred, (list, tuple)):
+        keys = list(range(len(y_pred)))
+    else:
+        return None
+    if len(keys) < 2 or any(_is_nested(y_pred[k]) for k in keys):
+        return None
+    return keys
+
+
+def _names(owner, y_pred):
+    """The outputs' names as Keras 2 knew them: a functional model's output
+    names, else `output_1`, `output_2` ... (a subclassed model's list)."""
+    names = getattr(owner, "output_names", None)
+    if names and len(names) == len(y_pred):
+        return [str(n) for n in names]
+    return [f"output_{i + 1}" for i in range(len(y_pred))]
+
+
+def _check_keys(struct, names, argument):
+    unknown = [k for k in struct if k not in names]
+    if unknown:
+        raise ValueError(
+            f"`{argument}` names {unknown}, which are not outputs of this "
+            f"model; its outputs are {names}. Key `{argument}` by these names."
+        )
+
+
+def _per_output(struct, names, missing):
+    """`struct` as a list with one entry per output, in output order."""
+    if isinstance(struct, dict):
+        return [struct.get(name, missing) for name in names]
+    if isinstance(struct, (list, tuple)):
+        return list(struct)
+    return [struct] * len(names)
+
+
+# Losses
+
+
+def _losses(loss, weights, names, keyed):
+    """`(loss, loss_weights)` with Keras 2's meaning for list outputs; keyed
+    by output name where the CompileLoss knows the names, else lists."""
+    for struct in (loss, weights):
+        if isinstance(struct, dict) and not set(struct) <= set(names):
+            # Keras's own error names the expected keys; leave it to Keras.
+            return loss, weights
+    partial = isinstance(loss, dict) and set(loss) != set(names)
+    # Keras 3 pairs a dict of weights with a list of losses in key order,
+    # 3.0-3.4 take no list of weights with a dict of losses, and none
+    # broadcasts one loss to several weights or one weight to several losses.
+    mismatched = weights is not None and (
+        isinstance(weights, dict)
+        or isinstance(loss, dict)
+        or _is_nested(loss) != _is_nested(weights)
+    )
+    if not (partial or mismatched):
+        return loss, weights
+    loss = _per_output(loss, names, None)
+    # An output without a weight counts once, as in Keras 2.
+    weights = None if weights is None else _per_output(weights, names, 1.0)
+    if keyed:
+        # Keyed by output, as Keras 3.0-3.4 skip None only in a dict of losses.
+        loss = dict(zip(names, loss))
+        weights = None if weights is None else dict(zip(names, weights))
+    return loss, weights
+
+
+def _compiled_by_model(instance):
+    """Whether a CompileLoss or CompileMetrics was made by `Model.compile`,
+    whose arguments these forms are; one made directly is Keras's own."""
+    return _config.mode is not None and getattr(instance, _OF_MODEL, False)
+
+
+def _targets(y_true, y_pred, owner):
+    """`y_true` shaped as several outputs, as Keras 2 read it: one target
+    goes to every output, and a dict naming some outputs of a list becomes a
+    list, where an output with no loss and no metric, which reads no target,
+    gets a stand-in."""
+    keys = _outputs(y_pred)
+    if keys is None or y_true is None:
+        return y_true
+    if not _is_nested(y_true):
+        if isinstance(y_pred, dict):
+            return {key: y_true for key in keys}
+        return [y_true] * len(keys)
+    if not isinstance(y_true, dict) or isinstance(y_pred, dict):
+        return y_true
+    names = _names(owner, y_pred)
+    if not set(y_true) < set(names):
+        return y_true  # every output, or names Keras's own error will list
+    missing = [i for i, name in enumerate(names) if name not in y_true]
+    needed = [names[i] for i in missing if _reads_target(owner, names, i)]
+    if needed:
+        raise ValueError(
+            f"The targets name the outputs {sorted(y_true)} only, but "
+            f"{needed} have a loss or metrics, which need targets. Keras 2 "
+            "left such an output out of the batch's loss; Keras 3 cannot. "
+            "Pass targets for every output that has a loss or metrics, or "
+            "compile only the outputs you train (loss={name: loss, ...})."
+        )
+    from keras.src import ops
+
+    return [
+        y_true[name] if name in y_true else ops.zeros_like(y_pred[i])
+        for i, name in enumerate(names)
+    ]
+
+
+def _reads_target(owner, names, i):
+    """Whether output `i` has a loss (CompileLoss) or metrics (CompileMetrics)."""
+    structs = [getattr(owner, "_user_loss", None)]
+    structs += [getattr(owner, "_user_metrics", None), getattr(owner, "_user_weighted_metrics", None)]
+    return any(_per_output(struct, names, None)[i] for struct in structs if struct is not None)
+
+
+def _bind_build(y_true, y_pred):
+    return y_true, y_pred
+
+
+def _build_loss(wrapped, instance, args, kwargs):
+    if _compiled_by_model(instance):
+        y_true, y_pred = _bind_build(*args, **kwargs)
+        if _outputs(y_pred) is not None and not isinstance(y_pred, dict):
+            names = _names(instance, y_pred)
+            instance._user_loss, instance._user_loss_weights = _losses(
+                instance._user_loss,
+                instance._user_loss_weights,
+                names,
+                keyed=names == list(instance.output_names or ()),
+            )
+        args, kwargs = (_targets(y_true, y_pred, instance), y_pred), {}
+    return wrapped(*args, **kwargs)
+
+
+# Sample weights
+
+
+def _sample_weights(sample_weight, y_pred, owner):
+    """A dict of per-output sample weights as a list in output order; an
+    output it leaves out is weighted by ones, as Keras 2 left it unweighted."""
+    if not isinstance(sample_weight, dict) or isinstance(y_pred, dict):
+        return sample_weight
+    if _outputs(y_pred) is None:
+        return sample_weight
+    names = _names(owner, y_pred)
+    _check_keys(sample_weight, names, "sample_weight")
+    if not sample_weight:
+        return None
+    from keras.src import ops
+
+    ones = ops.ones_like(next(iter(sample_weight.values())))
+    return [sample_weight.get(name, ones) for name in names]
+
+
+def _conformed(wrapped, instance, args, kwargs):
+    def bind(y_true, y_pred, sample_weight=None):
+        return y_true, y_pred, sample_weight
+
+    if not _compiled_by_model(instance):
+        return wrapped(*args, **kwargs)
+    y_true, y_pred, sample_weight = bind(*args, **kwargs)
+    sample_weight = _sample_weights(sample_weight, y_pred, instance)
+    return wrapped(_targets(y_true, y_pred, instance), y_pred, sample_weight)
+
+
+def _fit_sample_weights(sample_weight, y, model):
+    """A dict of per-output sample weights passed to `fit` and the like in
+    the structure of `y`, as Keras's data adapters want it: a list in output
+    order for a list of targets, every output's key for a dict of them."""
+    if not isinstance(sample_weight, dict) or not sample_weight:
+        return sample_weight
+    if isinstance(y, dict):
+        keys = list(y)
+    elif isinstance(y, (list, tuple)) and len(y) > 1:
+        keys = _names(model, y)
+    else:
+        return sample_weight
+    _check_keys(sample_weight, keys, "sample_weight")
+    import numpy as np
+
+    ones = np.ones(np.shape(next(iter(sample_weight.values()))), dtype="float32")
+    weights = [sample_weight.get(key, ones) for key in keys]
+    return dict(zip(keys, weights)) if isinstance(y, dict) else weights
+
+
+def _fit(wrapped, instance, args, kwargs):
+    if _config.mode is None:
+        return wrapped(*args, **kwargs)
+    y = args[1] if len(args) > 1 else kwargs.get("y")
+    if "sample_weight" in kwargs:
+        kwargs = dict(kwargs)
+        kwargs["sample_weight"] = _fit_sample_weights(kwargs["sample_weight"], y, instance)
+    validation = kwargs.get("validation_data")
+    if isinstance(validation, (list, tuple)) and len(validation) == 3:
+        val_x, val_y, val_weight = validation
+        val_weight = _fit_sample_weights(val_weight, val_y, instance)
+        kwargs = dict(kwargs, validation_data=(val_x, val_y, val_weight))
+    return wrapped(*args, **kwargs)
+
+
+# Metrics
+
+
+def _broadcasts(metrics):
+    """Whether Keras 2 applied `metrics` to every output: one metric, or a
+    list of metrics none of which is itself a list or dict."""
+    if metrics is None:
+        return False
+    return not _is_nested(metrics) or (
+        isinstance(metrics, (list, tuple)) and not any(_is_nested(m) for m in metrics)
+    )
+
+
+def _copy(metric, metric_class):
+    # Each output needs its own state, as Keras 2 copied a Metric object.
+    if isinstance(metric, metric_class):
+        return type(metric).from_config(metric.get_config())
+    return metric
+
+
+def _metrics(metrics, keys, metric_class):
+    flat = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    per_output = [[_copy(m, metric_class) for m in flat] for _ in keys]
+    if isinstance(keys[0], str):
+        return dict(zip(keys, per_output))
+    return per_output
+
+
+def _reading(metrics, names, each):
+    """What one form of `metrics` logs, as a short list of names."""
+    if each:
+        pairs = [(n, m) for n in names for m in metrics]
+    else:
+        pairs = list(zip(names, metrics))
+    return ", ".join(f"{n}_{_metric_name(m)}" for n, m in pairs)
+
+
+def _metric_name(metric):
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "name", None) or getattr(metric, "__name__", type(metric).__name__)
+
+
+def _warn_reread(argument, metrics, names):
+    # Keras 3 accepts this list with another meaning: say so, once per
+    # compiled model, so a monitor on either reading's names is not lost.
+    warnings.warn(
+        f"kerasfix reads {argument}={list(map(_metric_name, metrics))} of this "
+        f"model with {len(names)} outputs as Keras 2 did, each metric on each "
+        f"output ({_reading(metrics, names, True)}); Keras 3 reads it as one "
+        f"metric per output ({_reading(metrics, names, False)}). For that "
+        f"meaning pass one list per output: "
+        f"{argument}={[[_metric_name(m)] for m in metrics]}.",
+        _config.KerasfixWarning,
+        stacklevel=2,
+    )
+
+
+def _warn_renamed(keras_names, names):
+    renamed = [f"{old} -> {new}" for old, new in zip(keras_names, names) if old != new]
+    if renamed:
+        version = getattr(sys.modules.get(_adapters.VERSION), "__version__", "3")
+        warnings.warn(
+            f"kerasfix ({_config.mode} mode) names this model's compiled "
+            f"metrics differently from Keras {version}: {', '.join(renamed)} "
+            "(and val_ likewise), as Keras 2 named them after the outputs. "
+            "Monitor the new names; see kerasfix's README, 'Names'.",
+            _config.KerasfixWarning,
+            stacklevel=2,
+        )
+
+
+def _build_metrics(wrapped, instance, args, kwargs):
+    if not _compiled_by_model(instance):
+        return wrapped(*args, **kwargs)
+    y_true, y_pred = _bind_build(*args, **kwargs)
+    keys = _outputs(y_pred)
+    if keys is None:
+        return wrapped(*args, **kwargs)
+    from keras.src import metrics as metrics_module
+
+    names = keys if isinstance(y_pred, dict) else _names(instance, y_pred)
+    for attribute, argument in (
+        ("_user_metrics", "metrics"),
+        ("_user_weighted_metrics", "weighted_metrics"),
+    ):
+        metrics = getattr(instance, attribute)
+        if not _broadcasts(metrics):
+            continue
+        if isinstance(metrics, (list, tuple)) and len(metrics) == len(keys) > 1:
+            _warn_reread(argument, metrics, names)
+        setattr(instance, attribute, _metrics(metrics, keys, metrics_module.Metric))
+    unnamed = not isinstance(y_pred, dict) and not instance.output_names
+    if unnamed:
+        instance.output_names = names
+    result = wrapped(_targets(y_true, y_pred, instance), y_pred)
+    if unnamed:
+        _warn_renamed(
+            _adapters.compiled_metric_names(instance, prefixed=False),
+            _adapters.compiled_metric_names(instance),
+        )
+    return result
+
+
+# Recompiling
+
+
+def _compile(wrapped, instance, args, kwargs):
+    def bind(optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+             weighted_metrics=None, *rest, **more):
+        return metrics, weighted_metrics
+
+    if _config.mode is None:
+        return wrapped(*args, **kwargs)
+    metrics, weighted_metrics = bind(*args, **kwargs)
+    if (metrics, weighted_metrics) == (None, None):
+        # Keras 3 keeps the earlier compile's metrics; Keras 2 compiled anew.
+        instance._compile_metrics = None
+    if metrics is not None and not _is_nested(metrics):
+        # One metric alone, which Keras 2 took as a list of one.
+        args, kwargs = _with_argument(args, kwargs, 3, "metrics", [metrics])
+    if weighted_metrics is not None and not _is_nested(weighted_metrics):
+        args, kwargs = _with_argument(args, kwargs, 4, "weighted_metrics", [weighted_metrics])
+    result = wrapped(*args, **kwargs)
+    for compiled in (instance._compile_loss, instance._compile_metrics):
+        if compiled is not None:
+            setattr(compiled, _OF_MODEL, True)
+    return result
+
+
+def _with_argument(args, kwargs, position, name, value):
+    if len(args) > position:
+        return args[:position] + (value,) + args[position + 1:], kwargs
+    return args, dict(kwargs, **{name: value})
+
+
+def install(compile_utils, trainer, model_module):
+    """Wraps the builds of CompileLoss and CompileMetrics, their calls,
+    `compile`, and the trainer methods that take sample weights; returns
+    why it cannot here, or None."""
+    why = _adapters.missing_for_compile_forms(compile_utils, trainer)
+    owner = _adapters.result_owner(model_module)
+    if why is None and (owner is None or "fit" not in vars(owner)):
+        why = f"no trainer class of Model in {_adapters.MODEL} defines fit and evaluate"
+    if why is not None:
+        return why
+    for method in ("fit", "evaluate", "train_on_batch", "test_on_batch"):
+        _wrapping.wrap_method(owner, method, _fit)
+    _wrapping.wrap_method(compile_utils.CompileLoss, "build", _build_loss)
+    _wrapping.wrap_method(compile_utils.CompileLoss, "__call__", _conformed)
+    _wrapping.wrap_method(compile_utils.CompileMetrics, "build", _build_metrics)
+    _wrapping.wrap_method(compile_utils.CompileMetrics, "update_state", _conformed)
+    _wrapping.wrap_method(trainer, "compile", _compile)
+    return None
