@@ -342,13 +342,17 @@ def _build_metrics(wrapped, instance, args, kwargs):
 def _compile(wrapped, instance, args, kwargs):
     def bind(optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
              weighted_metrics=None, *rest, **more):
-        return metrics, weighted_metrics
+        return loss, metrics, weighted_metrics
 
     if _config.mode is None:
         return wrapped(*args, **kwargs)
-    metrics, weighted_metrics = bind(*args, **kwargs)
+    loss, metrics, weighted_metrics = bind(*args, **kwargs)
+    # Keras 3 keeps what an earlier compile set and this one leaves out;
+    # Keras 2 compiled anew.
+    if loss is None:
+        instance._compile_loss = None
+        instance.loss = None
     if (metrics, weighted_metrics) == (None, None):
-        # Keras 3 keeps the earlier compile's metrics; Keras 2 compiled anew.
         instance._compile_metrics = None
     if metrics is not None and not _is_nested(metrics):
         # One metric alone, which Keras 2 took as a list of one.

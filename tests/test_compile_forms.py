@@ -204,6 +204,39 @@ def test_recompile_without_metrics_drops_them():
     assert "a_mae" not in ours[1]
 
 
+@pytest.mark.oracle
+def test_recompile_without_loss_trains_on_add_loss_alone():
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def regularized(k):
+        inp = k.Input((4,))
+        h = k.layers.Dense(6, activation="tanh", activity_regularizer=k.regularizers.L2(0.1))(inp)
+        return k.Model(inp, [k.layers.Dense(1, name="a")(h), k.layers.Dense(1, name="b")(h)])
+
+    def twice(k, weights=None):
+        model = regularized(k)
+        if weights is not None:
+            model.set_weights(weights)
+        initial = model.get_weights()
+        model.compile("sgd", loss="mse")
+        model.fit(X, [YA, YB], epochs=1, shuffle=False, verbose=0)
+        model.compile(k.optimizers.SGD(learning_rate=0.05))
+        history = model.fit(
+            X, [YA, YB], batch_size=8, epochs=2, shuffle=False, verbose=0,
+            validation_data=(X[:10], [YA[:10], YB[:10]]),
+        ).history
+        evaluated = model.evaluate(X, [YA, YB], batch_size=8, verbose=0)
+        return initial, history, evaluated, list(model.metrics_names)
+
+    theirs = twice(tf_keras)
+    kerasfix.enable()
+    if kerasfix.status()["mechanisms"]["compile forms"] != "on":
+        pytest.skip("compile forms off")
+    ours = twice(keras, theirs[0])
+    assert list(ours[1]) == ["loss", "val_loss"]
+    assert_same(ours, theirs)
+
+
 def test_single_output_and_keras3_forms_are_untouched(patch_supported):
     if loss_is_per_batch():
         pytest.skip("Keras 3.0-3.1: failed on 3.0.5, compile forms not supported there")
