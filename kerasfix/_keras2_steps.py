@@ -14,7 +14,9 @@ tracker with that total, weighted by the batch size; the per-output loss
 metrics are updated as the total is computed (kerasfix's CompileLoss
 patch). The total itself, what is trained on, stays Keras's own:
 `compute_loss` adds `self.losses` whatever `regularization_losses` says, so
-the idiom's `regularization_losses=self.losses` is counted once.
+the idiom's `regularization_losses=self.losses` is counted once. Where a
+step leaves `regularization_losses` out, Keras 2 logged the compiled losses
+alone, and so does the tracker (the total still carries `self.losses`).
 `compiled_metrics.update_state` updates the compiled metrics only, per
 output, as tf-keras's `MetricsContainer` did.
 """
@@ -25,7 +27,7 @@ _unscale = None  # Keras 3.8+'s unscale_loss_for_distribution, else None
 
 
 def _bind_loss(y, y_pred, sample_weight=None, regularization_losses=None):
-    return y, y_pred
+    return y, y_pred, regularization_losses
 
 
 def _bind_metrics(y, y_pred, sample_weight=None):
@@ -48,8 +50,15 @@ def _compiled_loss(wrapped, instance, args, kwargs):
     tracker = getattr(instance, "_loss_tracker", None)
     if _config.mode is None or tracker is None or total is None:
         return total
+    y, y_pred, regularization_losses = _bind_loss(*args, **kwargs)
     value = total if _unscale is None else _unscale(total)
-    tracker.update_state(value, sample_weight=_batch_size(*_bind_loss(*args, **kwargs)))
+    if regularization_losses is None and instance.losses:
+        from keras.src import ops
+
+        # As Keras's `compute_loss` added them: each summed, in floatx.
+        added = [ops.sum(ops.cast(loss, value.dtype)) for loss in instance.losses]
+        value = value - ops.sum(ops.stack(added))
+    tracker.update_state(value, sample_weight=_batch_size(y, y_pred))
     return total
 
 

@@ -57,6 +57,31 @@ def keras2_model(k, tf):
     return build(k, Keras2Steps)
 
 
+@pytest.mark.oracle
+def test_a_step_without_regularization_losses_logs_the_compiled_losses(patched, tensorflow):
+    # Keras 2 logged (and trained on) the compiled losses alone; Keras 3
+    # trains on them plus `self.losses`, and kerasfix logs Keras 2's value.
+    tf_keras = pytest.importorskip("tf_keras")
+    import keras
+
+    def evaluated(k):
+        class Keras2Test(k.Model):
+            def test_step(self, data):
+                x, y = data
+                y_pred = self(x, training=False)
+                self.compiled_loss(y, y_pred)
+                self.compiled_metrics.update_state(y, y_pred)
+                return {m.name: m.result() for m in self.metrics}
+
+        model = compile_(k, build(k, Keras2Test), run_eagerly=False)
+        x, ys = data()
+        return model.evaluate(x, ys, batch_size=BATCH, verbose=0, return_dict=True)
+
+    theirs, ours = evaluated(tf_keras), evaluated(keras)
+    assert list(ours) == list(theirs)
+    assert ours == pytest.approx(theirs, rel=RTOL)
+
+
 def build(k, model_class):
     inp = k.Input((3,))
     # A regularizer: `self.losses` must be counted once in `loss`.
