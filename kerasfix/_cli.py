@@ -133,7 +133,7 @@ def _check(args):
         return 2
     for name, state in (info["mechanisms"] or {}).items():
         if state != "on":
-            print(f"kerasfix left {name} {state}")
+            print(f"kerasfix mechanism {name}: {state}")
     return 0 if measured == expected else 1
 
 
