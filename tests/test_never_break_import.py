@@ -114,7 +114,8 @@ def test_each_wrap_step_that_raises_switches_off_its_mechanism_only(
             assert reason in status["internals"]
         else:
             assert status["effective"] == "partial", fail_at
-            assert {k for k, v in status["mechanisms"].items() if v != "on"} == off
+            # "not on <backend>" (add_loss on JAX) is no mechanism left off.
+            assert {k for k, v in status["mechanisms"].items() if v.startswith("off:")} == off
             assert reason in status["mechanisms"][mechanism]
         # What is left in place is whole: every step of the mechanisms on.
         assert len(_wrapping._patches) == sum(1 for m in owners if m not in off)
@@ -145,6 +146,8 @@ def test_a_missing_internal_switches_off_its_mechanism_only(
     from keras.src.layers import layer
     from keras.src.metrics import reduction_metrics
 
+    if mechanism == "add_loss" and keras.config.backend() == "jax":
+        pytest.skip("JAX rules the add_loss mechanism out: it needs nothing there")
     cls = {
         "layer": layer.Layer,
         "mean": reduction_metrics.Mean,
@@ -155,7 +158,7 @@ def test_a_missing_internal_switches_off_its_mechanism_only(
     assert status["effective"] == "partial"
     assert status["mechanisms"][mechanism].startswith("off:")
     assert internal in status["mechanisms"][mechanism]
-    assert all(v == "on" for k, v in status["mechanisms"].items() if k != mechanism)
+    assert not any(v.startswith("off:") for k, v in status["mechanisms"].items() if k != mechanism)
     assert len(said) == 1 and internal in str(said[0].message)
     kerasfix.disable()
     with pytest.raises(kerasfix.KerasfixError, match=internal):
