@@ -19,15 +19,15 @@ gradient trace as another value, which cannot be told from the total
 `compute_loss` returned, so on JAX Keras logs its own value.
 """
 
-NOT_ON_JAX = (
-    "JAX's step logs the loss it takes out of the gradient trace, not a "
-    "total kerasfix can tell apart, so Keras logs its own value"
-)
-
 import functools
 import threading
 
 from kerasfix import _adapters, _config, _wrapping
+
+NOT_ON_JAX = (
+    "JAX's step logs the loss it takes out of the gradient trace, not a "
+    "total kerasfix can tell apart, so Keras logs its own value"
+)
 
 # Per thread: `compiled`, the compiled loss values of the compute_loss under
 # way; `pending`, (model, total, value, weight) for the loss tracker.

@@ -289,7 +289,8 @@ def _metrics_of(compile_loss, tracked=None):
 
     Read many times in every step: no lock, as reading `_tracked` and a
     `_Tracked`'s `metrics`, set whole once, is atomic."""
-    tracked = tracked or _tracked.get(compile_loss)
+    if tracked is None:
+        tracked = _tracked.get(compile_loss)
     if tracked is None:
         _built_before_enable(compile_loss)
         return []

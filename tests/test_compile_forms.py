@@ -10,8 +10,6 @@ import warnings
 import numpy as np
 import pytest
 
-from support import loss_is_per_batch
-
 keras = pytest.importorskip("keras")
 
 import kerasfix  # noqa: E402
