@@ -43,9 +43,11 @@ CI_SUBSET = [
     ("3.15", "torch"),
     ("3.6", "tensorflow"),
     ("3.6", "jax"),
+    ("3.6", "torch"),
     ("3.4", "tensorflow"),
     ("3.4", "jax"),
     ("3.0", "tensorflow"),
+    ("3.0", "jax"),
 ]
 
 

@@ -106,38 +106,89 @@ def _compiled_by_model(instance):
 
 
 def _targets(y_true, y_pred, owner):
-    """`y_true` shaped as several outputs, as Keras 2 read it: one target
-    goes to every output, and a dict naming some outputs of a list becomes a
-    list, where an output with no loss and no metric, which reads no target,
-    gets a stand-in."""
+    """`(y_true, left_out)`: `y_true` shaped as several outputs, as Keras 2
+    read it, and the keys of the outputs a target dict leaves out while they
+    have a loss or metrics. One target goes to every output; a dict naming
+    some outputs of a list becomes a list. A left-out output gets its own
+    prediction as a stand-in target, which `_left_out_of_loss` and
+    `_left_out_of_metrics` keep from counting, as Keras 2 skipped it."""
     keys = _outputs(y_pred)
     if keys is None or y_true is None:
-        return y_true
+        return y_true, []
     if not _is_nested(y_true):
         if isinstance(y_pred, dict):
-            return {key: y_true for key in keys}
-        return [y_true] * len(keys)
-    if not isinstance(y_true, dict) or isinstance(y_pred, dict):
-        return y_true
-    names = _names(owner, y_pred)
+            return {key: y_true for key in keys}, []
+        return [y_true] * len(keys), []
+    if not isinstance(y_true, dict):
+        return y_true, []
+    names = keys if isinstance(y_pred, dict) else _names(owner, y_pred)
     if not set(y_true) < set(names):
-        return y_true  # every output, or names Keras's own error will list
-    missing = [i for i, name in enumerate(names) if name not in y_true]
-    needed = [names[i] for i in missing if _reads_target(owner, names, i)]
-    if needed:
-        raise ValueError(
-            f"The targets name the outputs {sorted(y_true)} only, but "
-            f"{needed} have a loss or metrics, which need targets. Keras 2 "
-            "left such an output out of the batch's loss; Keras 3 cannot. "
-            "Pass targets for every output that has a loss or metrics, or "
-            "compile only the outputs you train (loss={name: loss, ...})."
-        )
+        return y_true, []  # every output, or names Keras's own error will list
+    left_out = [
+        keys[i]
+        for i, name in enumerate(names)
+        if name not in y_true and _reads_target(owner, names, i)
+    ]
     from keras.src import ops
 
-    return [
-        y_true[name] if name in y_true else ops.zeros_like(y_pred[i])
-        for i, name in enumerate(names)
+    targets = [
+        y_true[name] if name in y_true else ops.stop_gradient(y_pred[key])
+        for key, name in zip(keys, names)
     ]
+    if isinstance(y_pred, dict):
+        targets = dict(zip(keys, targets))
+    return targets, left_out
+
+
+def _per_sample(value, fill):
+    """A per-sample weight of `fill` for each sample of `value`."""
+    from keras.src import ops
+
+    if len(value.shape) > 1:
+        value = ops.sum(value, axis=tuple(range(1, len(value.shape))))
+    return ops.zeros_like(value) if fill == 0 else ops.ones_like(value)
+
+
+def _each_output(struct, y_pred):
+    """`struct`, one value for every output or one per output, as one per
+    output in the structure of `y_pred`."""
+    if _is_nested(struct):
+        return struct
+    keys = _outputs(y_pred)
+    return {key: struct for key in keys} if isinstance(y_pred, dict) else [struct] * len(keys)
+
+
+def _left_out_of_loss(y_true, y_pred, sample_weight, left_out):
+    """The call's arguments with the left-out outputs weighted by zero:
+    they add nothing to the total or its gradient and log 0, the value of
+    the loss metric of an output Keras 2 never computed."""
+    sample_weight = _each_output(sample_weight, y_pred)
+    weights = []
+    for key in _outputs(y_pred):
+        if key in left_out:
+            weights.append(_per_sample(y_pred[key], 0))
+        elif sample_weight[key] is None:
+            weights.append(_per_sample(y_pred[key], 1))
+        else:
+            weights.append(sample_weight[key])
+    if isinstance(y_pred, dict):
+        weights = dict(zip(y_pred, weights))
+    return y_true, y_pred, weights
+
+
+def _left_out_of_metrics(y_true, y_pred, sample_weight, left_out):
+    """The call's arguments with the left-out outputs cut to no samples, so
+    that their metrics count nothing, as Keras 2 skipped them."""
+    def cut(struct):
+        if isinstance(struct, dict):
+            return {k: v[:0] if k in left_out and v is not None else v for k, v in struct.items()}
+        if isinstance(struct, (list, tuple)):
+            return [v[:0] if i in left_out and v is not None else v for i, v in enumerate(struct)]
+        return struct
+
+    if sample_weight is not None:
+        sample_weight = _each_output(sample_weight, y_pred)
+    return cut(y_true), cut(y_pred), cut(sample_weight)
 
 
 def _reads_target(owner, names, i):
@@ -162,7 +213,7 @@ def _build_loss(wrapped, instance, args, kwargs):
                 names,
                 keyed=names == list(instance.output_names or ()),
             )
-        args, kwargs = (_targets(y_true, y_pred, instance), y_pred), {}
+        args, kwargs = (_targets(y_true, y_pred, instance)[0], y_pred), {}
     return wrapped(*args, **kwargs)
 
 
@@ -186,15 +237,44 @@ def _sample_weights(sample_weight, y_pred, owner):
     return [sample_weight.get(name, ones) for name in names]
 
 
-def _conformed(wrapped, instance, args, kwargs):
-    def bind(y_true, y_pred, sample_weight=None):
-        return y_true, y_pred, sample_weight
+def _bind_call(y_true, y_pred, sample_weight=None):
+    return y_true, y_pred, sample_weight
 
-    if not _compiled_by_model(instance):
-        return wrapped(*args, **kwargs)
-    y_true, y_pred, sample_weight = bind(*args, **kwargs)
-    sample_weight = _sample_weights(sample_weight, y_pred, instance)
-    return wrapped(_targets(y_true, y_pred, instance), y_pred, sample_weight)
+
+def _conformed(leave_out):
+    """A wrapper of `CompileLoss.__call__` or `CompileMetrics.update_state`
+    that reads targets and sample weights as Keras 2 did; `leave_out` keeps
+    the outputs a target dict leaves out from counting."""
+
+    def conformed(wrapped, instance, args, kwargs):
+        if not _compiled_by_model(instance):
+            return wrapped(*args, **kwargs)
+        y_true, y_pred, sample_weight = _bind_call(*args, **kwargs)
+        sample_weight = _sample_weights(sample_weight, y_pred, instance)
+        y_true, left_out = _targets(y_true, y_pred, instance)
+        if not left_out:
+            return wrapped(y_true, y_pred, sample_weight)
+        try:
+            return wrapped(*leave_out(y_true, y_pred, sample_weight, left_out))
+        except Exception as e:
+            raise _stand_in_error(left_out, y_pred, instance) from e
+
+    return conformed
+
+
+def _stand_in_error(left_out, y_pred, owner):
+    names = left_out
+    if not isinstance(y_pred, dict):
+        names = [_names(owner, y_pred)[i] for i in left_out]
+    return ValueError(
+        f"The targets leave out the outputs {names}, which have a loss or "
+        "metrics. Keras 2 left such an output out of the batch; kerasfix "
+        "does so by giving it its own prediction as a target that counts for "
+        "nothing. If the error above is about that target's shape, a loss or "
+        "metric of these outputs takes targets of another shape (a sparse "
+        "crossentropy, say): pass targets for these outputs, or compile them "
+        "without a loss or metrics."
+    )
 
 
 def _fit_sample_weights(sample_weight, y, model):
@@ -327,7 +407,7 @@ def _build_metrics(wrapped, instance, args, kwargs):
     unnamed = not isinstance(y_pred, dict) and not instance.output_names
     if unnamed:
         instance.output_names = names
-    result = wrapped(_targets(y_true, y_pred, instance), y_pred)
+    result = wrapped(_targets(y_true, y_pred, instance)[0], y_pred)
     if unnamed:
         _warn_renamed(
             _adapters.compiled_metric_names(instance, prefixed=False),
@@ -385,8 +465,8 @@ def install(compile_utils, trainer, model_module):
     for method in ("fit", "evaluate", "train_on_batch", "test_on_batch"):
         _wrapping.wrap_method(owner, method, _fit)
     _wrapping.wrap_method(compile_utils.CompileLoss, "build", _build_loss)
-    _wrapping.wrap_method(compile_utils.CompileLoss, "__call__", _conformed)
+    _wrapping.wrap_method(compile_utils.CompileLoss, "__call__", _conformed(_left_out_of_loss))
     _wrapping.wrap_method(compile_utils.CompileMetrics, "build", _build_metrics)
-    _wrapping.wrap_method(compile_utils.CompileMetrics, "update_state", _conformed)
+    _wrapping.wrap_method(compile_utils.CompileMetrics, "update_state", _conformed(_left_out_of_metrics))
     _wrapping.wrap_method(trainer, "compile", _compile)
     return None
