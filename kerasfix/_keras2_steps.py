@@ -23,6 +23,11 @@ output, as tf-keras's `MetricsContainer` did.
 
 from kerasfix import _adapters, _config, _wrapping
 
+NOT_OFF_TENSORFLOW = (
+    "Keras 3 has `compiled_loss` and `compiled_metrics` on TensorFlow only; "
+    "a step on this backend uses Keras 3's `compute_loss` and `compute_metrics`"
+)
+
 _unscale = None  # Keras 3.8+'s unscale_loss_for_distribution, else None
 
 
@@ -74,12 +79,10 @@ def _compiled_metrics_update_state(wrapped, instance, args, kwargs):
     return None
 
 
-def install(adapter, trainer, backend):
+def install(adapter, trainer):
     """Wraps the TensorFlow trainer's shims; returns why it cannot, or None."""
     global _unscale
     _unscale = None
-    if backend != "tensorflow":
-        return None  # Keras 3 has no `compiled_loss` to give a meaning to
     owner, why = _adapters.keras2_step_shims(trainer)
     if why is not None:
         return why

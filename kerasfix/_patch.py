@@ -72,7 +72,9 @@ def _installers(adapter):
         return _add_metric.install(trainer, backend.backend())
 
     def keras2_steps():
-        return _keras2_steps.install(adapter, trainer, backend.backend())
+        if backend.backend() != "tensorflow":
+            return NotHere(_keras2_steps.NOT_OFF_TENSORFLOW)
+        return _keras2_steps.install(adapter, trainer)
 
     def add_loss():
         if backend.backend() == "jax":
