@@ -188,6 +188,21 @@ def _metric_for(model, layer, name, value, metric, listed):
     return metric
 
 
+def _ones_after(value):
+    """Weights of one for `value`'s elements that wait for `value` on
+    TensorFlow, else None (Keras's own count). A count of fixed shape is a
+    constant that TensorFlow may add before the step's data arrives, and so
+    once more in the step that finds a generator exhausted."""
+    from keras.src import backend
+
+    if backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    with tf.control_dependencies([value]):
+        return tf.ones_like(value)
+
+
 def _update(model, step, listed):
     from keras.src import ops
 
@@ -196,10 +211,9 @@ def _update(model, step, listed):
             # Keras 2's Mean counted every element of the value once; Keras
             # 3's counts rows, the same for a value of rank 0 or 1.
             mean = _metric_for(model, layer, name, value, None, listed)
-            if getattr(value, "ndim", None) in (0, 1):
-                mean.update_state(value)
-            else:
-                mean.update_state(ops.reshape(value, (-1,)))
+            if getattr(value, "ndim", None) not in (0, 1):
+                value = ops.reshape(value, (-1,))
+            mean.update_state(value, sample_weight=_ones_after(value))
             continue
         _metric_for(model, layer, name, value, metric, listed)
     for _, metric, args, kwargs, deferred in step.results.values():

@@ -119,3 +119,25 @@ def cli(*args, **env):
         [sys.executable, "-m", "kerasfix", *args],
         env=full, capture_output=True, text=True, timeout=300,
     )
+
+
+def keras_counts_generator_batches():
+    """Whether this Keras, with kerasfix off, trains on every batch of a
+    Python generator: on JAX and torch Keras 3.4-3.6 lose the first ones."""
+    import kerasfix
+
+    k = _keras()
+    was_on = kerasfix.status()["requested_mode"] is not None
+    kerasfix.disable()
+    try:
+        inp = k.Input((2,))
+        model = k.Model(inp, k.layers.Dense(1)(inp))
+        model.compile("sgd", loss="mse")
+        seen = []
+        counter = k.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
+        batches = ((np.ones((2, 2), "float32"), np.ones((2, 1), "float32")) for _ in range(6))
+        model.fit(batches, epochs=1, verbose=0, callbacks=[counter])
+    finally:
+        if was_on:
+            kerasfix.enable()
+    return len(seen) == 6

@@ -108,6 +108,68 @@ def test_vae_logs_what_tf_keras_logs(patched, functional, run_eagerly):
     assert {"kl_loss", "val_kl_loss"} <= set(got)
 
 
+def _batches(x, forever):
+    """`(x, x)` in batches of BATCH, the last one short, once or forever."""
+    while True:
+        for i in range(0, len(x), BATCH):
+            yield x[i : i + BATCH], x[i : i + BATCH]
+        if not forever:
+            return
+
+
+def _mean_logger(k, mean):
+    """A model whose layer logs a scalar, whose count has a fixed shape."""
+
+    class MeanLogger(k.layers.Layer):
+        def call(self, x):
+            self.add_metric(mean(x), name="x_mean")
+            return x
+
+    inp = k.Input((4,))
+    return k.Model(inp, k.layers.Dense(4)(MeanLogger()(inp)))
+
+
+def _fit_generators(k, model, steps_per_epoch):
+    x, x_val = _data()
+    model.compile(optimizer=k.optimizers.SGD(0.05), loss="mse")
+    if steps_per_epoch:
+        history = model.fit(
+            _batches(x, True), steps_per_epoch=-(-N // BATCH), epochs=EPOCHS, verbose=0,
+            validation_data=_batches(x_val, True), validation_steps=1,
+        )
+    else:
+        history = model.fit(_batches(x, False), epochs=1, verbose=0, validation_data=_batches(x_val, False))
+    return history.history, model.evaluate(_batches(x, False), verbose=0, return_dict=True)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("steps_per_epoch", [False, True], ids=["until_exhausted", "steps_per_epoch"])
+def test_a_generator_counts_each_batch_once(patched, steps_per_epoch):
+    # TensorFlow runs one more step that finds a generator exhausted; an
+    # update that does not wait for the data counted there once more.
+    import keras
+
+    if not support.keras_counts_generator_batches():
+        pytest.skip(f"Keras {keras.__version__} on {support.backend()} loses generator batches itself")
+
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    oracle = _mean_logger(tf_keras, tf.reduce_mean)
+    model = _mean_logger(keras, keras.ops.mean)
+    model.set_weights(oracle.get_weights())
+    expected, expected_evaluated = _fit_generators(tf_keras, oracle, steps_per_epoch)
+    got, evaluated = _fit_generators(keras, model, steps_per_epoch)
+    assert list(got) == list(expected)
+    for name in expected:
+        if name in ("loss", "val_loss") and support.loss_is_per_batch():
+            continue
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, err_msg=name)
+    if support.loss_is_per_batch():
+        del evaluated["loss"], expected_evaluated["loss"]
+    assert evaluated == pytest.approx(expected_evaluated, rel=1e-5)
+
+
 def test_add_metric_is_listed_in_metrics_and_metrics_names(patched):
     model = _keras3_vae()
     _fit(__import__("keras"), model)
