@@ -213,8 +213,15 @@ def _build_loss(wrapped, instance, args, kwargs):
                 names,
                 keyed=names == list(instance.output_names or ()),
             )
-        args, kwargs = (_targets(y_true, y_pred, instance)[0], y_pred), {}
+        args, kwargs = (_copied(_targets(y_true, y_pred, instance)[0]), _copied(y_pred)), {}
     return wrapped(*args, **kwargs)
+
+
+def _copied(struct):
+    """A dict of targets or outputs copied: Keras 3.5's `build` pops the
+    keys of outputs without a loss in place, and the `call` it runs in pops
+    them again from the same dict."""
+    return dict(struct) if isinstance(struct, dict) else struct
 
 
 # Sample weights
@@ -407,7 +414,7 @@ def _build_metrics(wrapped, instance, args, kwargs):
     unnamed = not isinstance(y_pred, dict) and not instance.output_names
     if unnamed:
         instance.output_names = names
-    result = wrapped(_targets(y_true, y_pred, instance)[0], y_pred)
+    result = wrapped(_copied(_targets(y_true, y_pred, instance)[0]), _copied(y_pred))
     if unnamed:
         _warn_renamed(
             _adapters.compiled_metric_names(instance, prefixed=False),

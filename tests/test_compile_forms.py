@@ -336,11 +336,16 @@ def test_compile_objects_made_directly_are_keras_own(patch_supported):
     ],
     ids=["left_out_output_has_a_loss", "left_out_output_has_none"],
 )
-def test_dict_outputs_with_targets_for_some_outputs(compile_kwargs, forms_on):
+def test_dict_outputs_with_targets_for_some_outputs(compile_kwargs, forms_on, request):
     # Keras 2 left an output without targets out of the batch's loss and
     # metrics; Keras 3 rejects the first form.
     if loss_is_per_batch():
         pytest.skip("Keras 3.0-3.1: per-batch `loss`")
+    if keras_version() == (3, 5) and "b" not in compile_kwargs["loss"]:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "Keras 3.5 drops a dict output without a loss before the loss is "
+            "computed, so kerasfix sees one output and logs no `a_loss`"
+        )))
     tf_keras = pytest.importorskip("tf_keras")
     ours, theirs, _ = oracle(tf_keras, dict_outputs, compile_kwargs, {"y": {"a": YA}})
     assert_same(ours, theirs)
