@@ -26,6 +26,7 @@ from kerasfix import _adapters, _config, _symbolic, _wrapping
 _local = threading.local()  # .step: _Pass of the forward pass running, .discovery
 _added = weakref.WeakKeyDictionary()  # model -> {name: _Added}
 _discovered = weakref.WeakSet()  # models already called symbolically
+_tie_counts = False  # on TensorFlow: see _ones_after
 
 
 class _Pass:
@@ -193,9 +194,7 @@ def _ones_after(value):
     TensorFlow, else None (Keras's own count). A count of fixed shape is a
     constant that TensorFlow may add before the step's data arrives, and so
     once more in the step that finds a generator exhausted."""
-    from keras.src import backend
-
-    if backend.backend() != "tensorflow":
+    if not _tie_counts:
         return None
     import tensorflow as tf
 
@@ -298,6 +297,8 @@ def install(trainer, backend):
     why = _adapters.missing_for_add_metric(layer_module, trainer, backend)
     if why is not None:
         return why
+    global _tie_counts
+    _tie_counts = backend == "tensorflow"
     listed = trainer.metrics.fget  # Keras's own list, before ours is added
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
     _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)

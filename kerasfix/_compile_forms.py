@@ -146,7 +146,7 @@ def _per_sample(value, fill):
 
     if len(value.shape) > 1:
         value = ops.sum(value, axis=tuple(range(1, len(value.shape))))
-    return ops.zeros_like(value) if fill == 0 else ops.ones_like(value)
+    return ops.full_like(value, fill)
 
 
 def _each_output(struct, y_pred):
