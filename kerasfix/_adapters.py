@@ -291,6 +291,19 @@ def base_trainer(trainer_module):
     return found[0] if len(found) == 1 else None
 
 
+RUNS = ("fit", "evaluate", "train_on_batch", "test_on_batch", "predict", "predict_on_batch")
+
+
+def backend_trainer(model_module, trainer):
+    """The backend's subclass of `trainer` that `keras.Model` runs `fit`,
+    `evaluate` and `predict` from, or None."""
+    model = getattr(model_module, "Model", None)
+    for cls in getattr(model, "__mro__", ()):
+        if cls is not trainer and issubclass(cls, trainer) and set(RUNS) <= vars(cls).keys():
+            return cls
+    return None
+
+
 def direction_setters(callbacks_module):
     """The built-in callbacks whose own `_set_monitor_op` infers, for
     `mode="auto"`, whether the monitored value should go down or up.

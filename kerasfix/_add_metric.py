@@ -1,21 +1,23 @@
 """Keras 2's `Layer.add_metric(value, name)` inside `call()`, on Keras 3.
 
-`add_metric` only notes its value while the model runs forward, as Keras 3's
-`add_loss` does. The model's `compute_loss`, which every train and test step
-calls after the forward pass, then updates one `Mean` per name: on JAX it
-runs inside the scope that carries metric variables out of the compiled
-step. Outside a step (predict, a direct call) nothing takes the values up.
+Keras 2 updated the metric where `add_metric` was called, whatever else the
+step called (a teacher model, a loss that runs a feature extractor, the
+model twice). TensorFlow and torch are stateful, and kerasfix does the same
+there, while a `fit`, `evaluate`, `train_on_batch` or `test_on_batch` runs;
+`predict` and direct calls take no values up.
 
-A forward pass is told apart by what Keras itself keeps: on JAX the step's
-`StatelessScope` collects losses (no other scope does); elsewhere the
-outermost layer call's `CallContext`, whose entry layer is the model. Keras
-clears a layer's losses as an outermost call begins, and so does kerasfix
-with the values.
+JAX's compiled step cannot update a variable where the value is made: there
+`add_metric` notes its value while the model runs forward, and the model's
+`compute_loss`, inside the scope that carries metric variables out of the
+step (`stateless_compute_loss`), updates the metrics. A forward pass is the
+step's `StatelessScope` that collects losses (no other scope does).
 
-The `Mean`s belong to the model being trained, listed after its own
+The metrics belong to the model being trained, listed after its own
 metrics (as Keras 2 listed them), so they are reset each epoch and logged
 as `name` and `val_name`. They are made before the first step is traced,
-by calling the model symbolically on a batch.
+by calling the model symbolically on a batch (JAX traces a step with the
+variables that exist before it); a name first met later (in a model the
+step calls) is made at its first update, on TensorFlow and torch.
 """
 
 import threading
@@ -23,10 +25,17 @@ import weakref
 
 from kerasfix import _adapters, _config, _symbolic, _wrapping
 
-_local = threading.local()  # .step: _Pass of the forward pass running, .discovery
+_local = threading.local()  # .step: _Pass of JAX's forward pass running, .discovery
 _added = weakref.WeakKeyDictionary()  # model -> {name: _Added}
 _discovered = weakref.WeakSet()  # models already called symbolically
+# Models whose fit/evaluate/train_on_batch/test_on_batch runs (None for
+# predict), innermost last. Not thread-local: tf.distribute runs each
+# replica's step in a thread of its own.
+_running = []
+_last_result = None  # (result, Metric) of the latest Metric call while running
+_stateful = False  # TensorFlow and torch: metrics update where add_metric is called
 _tie_counts = False  # on TensorFlow: see _ones_after
+_listed = None  # Keras's own `Trainer.metrics` getter
 
 
 class _Pass:
@@ -49,7 +58,8 @@ class _Added:
 
 
 def _current_pass():
-    """The `_Pass` of the forward pass running, or None outside one."""
+    """The `_Pass` of the symbolic discovery call or of JAX's forward pass
+    running, or None outside one."""
     discovery = getattr(_local, "discovery", None)
     if discovery is not None:
         return discovery
@@ -97,20 +107,26 @@ def _add_metric(wrapped, instance, args, kwargs):
     return _add(instance, *args, **kwargs)
 
 
+def _symbolic_error():
+    return ValueError(
+        "`add_metric()` on a symbolic tensor of a functional model is "
+        "not supported in Keras 3 (nor is a symbolic `add_loss()`). "
+        "Compute the value inside a layer's `call()` and call "
+        "`self.add_metric(value, name=...)` there (a layer that "
+        "returns its input unchanged will do), or pass a metric to "
+        "`compile(metrics=[...])`."
+    )
+
+
 def _add(layer, value, name=None, **kwargs):
     from keras.src import backend
 
+    if _stateful and getattr(_local, "discovery", None) is None:
+        return _add_now(layer, value, name, kwargs)
     step = _current_pass()
     if step is None:
         if backend.is_keras_tensor(value):
-            raise ValueError(
-                "`add_metric()` on a symbolic tensor of a functional model is "
-                "not supported in Keras 3 (nor is a symbolic `add_loss()`). "
-                "Compute the value inside a layer's `call()` and call "
-                "`self.add_metric(value, name=...)` there (a layer that "
-                "returns its input unchanged will do), or pass a metric to "
-                "`compile(metrics=[...])`."
-            )
+            raise _symbolic_error()
         return  # predict or a direct call: Keras 2's value is not asked for
     result = step.results.get(id(value))
     metric = result[1] if result is not None and result[0] is value else None
@@ -118,12 +134,36 @@ def _add(layer, value, name=None, **kwargs):
     step.records.append((layer, metric.name if metric else name, value, metric))
 
 
+def _add_now(layer, value, name, kwargs):
+    from keras.src import backend
+
+    model = _running[-1] if _running else None
+    if model is None or backend.in_stateless_scope():  # predict, a direct or symbolic call
+        if model is None and backend.is_keras_tensor(value):
+            raise _symbolic_error()
+        return
+    known = _last_result
+    metric = known[1] if known is not None and known[0] is value else None
+    _check_arguments(value, name, kwargs, metric)
+    mean = _metric_for(model, layer, metric.name if metric else name, value, metric, _listed)
+    if metric is None:  # a Metric's own call has updated it already
+        _update_mean(mean, value)
+
+
 def _note_result(wrapped, instance, args, kwargs):
     # `add_metric(self.mean(x))` passes a Metric's result: Keras 2 logged
     # that Metric itself. In JAX's forward pass the Metric's variables are
     # not in the scope (Keras cannot update them there): its update waits
     # for the scope that carries them, and the call returns a placeholder.
-    step = _current_pass() if _config.mode is not None else None
+    if _config.mode is None:
+        return wrapped(*args, **kwargs)
+    if _stateful and getattr(_local, "discovery", None) is None:
+        result = wrapped(*args, **kwargs)
+        if _running and _running[-1] is not None:
+            global _last_result
+            _last_result = (result, instance)
+        return result
+    step = _current_pass()
     if step is None:
         return wrapped(*args, **kwargs)
     from keras.src import backend, ops
@@ -135,8 +175,8 @@ def _note_result(wrapped, instance, args, kwargs):
 
 
 def _clear_losses(wrapped, instance, args, kwargs):
-    # An outermost call begins (on JAX every sublayer call is one, inside
-    # the step's scope, which then keeps the values instead).
+    # An outermost call begins (every sublayer call is one, inside the
+    # step's scope, which then keeps the values instead).
     from keras.src import backend
 
     if not backend.in_stateless_scope():
@@ -202,22 +242,40 @@ def _ones_after(value):
         return tf.ones_like(value)
 
 
-def _update(model, step, listed):
+def _update_mean(mean, value):
     from keras.src import ops
 
+    # Keras 2's Mean counted every element of the value once; Keras 3's
+    # counts rows, the same for a value of rank 0 or 1.
+    if getattr(value, "ndim", None) not in (0, 1):
+        value = ops.reshape(value, (-1,))
+    mean.update_state(value, sample_weight=_ones_after(value))
+
+
+def _update(model, step, listed):
     for layer, name, value, metric in step.records:
+        found = _metric_for(model, layer, name, value, metric, listed)
         if metric is None:
-            # Keras 2's Mean counted every element of the value once; Keras
-            # 3's counts rows, the same for a value of rank 0 or 1.
-            mean = _metric_for(model, layer, name, value, None, listed)
-            if getattr(value, "ndim", None) not in (0, 1):
-                value = ops.reshape(value, (-1,))
-            mean.update_state(value, sample_weight=_ones_after(value))
-            continue
-        _metric_for(model, layer, name, value, metric, listed)
+            _update_mean(found, value)
     for _, metric, args, kwargs, deferred in step.results.values():
         if deferred:
             metric.update_state(*args, **kwargs)
+
+
+def _run(predicts):
+    def wrapper(wrapped, instance, args, kwargs):
+        if _config.mode is None:
+            return wrapped(*args, **kwargs)
+        _running.append(None if predicts else instance)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _running.pop()
+            if not _running:
+                global _last_result
+                _last_result = None  # lets a traced graph go
+
+    return wrapper
 
 
 def _compute_loss(listed):
@@ -228,11 +286,9 @@ def _compute_loss(listed):
             return loss
         from keras.src import backend
 
-        # The step's own forward pass: on JAX its values wait, outside the
-        # step's scope, for the scope `stateless_compute_loss` opens; a
-        # symbolic `compute_loss` (in a scope too) must not take up a direct
-        # call's values.
-        if (step.entry is None) == backend.in_stateless_scope() and step.entry in (None, instance):
+        # The step's own forward pass: its values wait, outside the step's
+        # scope, for the scope `stateless_compute_loss` opens.
+        if step.entry is None and backend.in_stateless_scope():
             _local.step = None
             _update(instance, step, listed)
         return loss
@@ -287,7 +343,7 @@ def _discover(model, batch, listed):
         _metric_for(model, layer, name, value, metric, listed)
 
 
-def install(trainer, backend):
+def install(trainer, backend, model_module):
     """Wraps what `add_metric` needs on this release; returns why it cannot
     here, or None."""
     import importlib
@@ -297,17 +353,27 @@ def install(trainer, backend):
     why = _adapters.missing_for_add_metric(layer_module, trainer, backend)
     if why is not None:
         return why
-    global _tie_counts
+    global _stateful, _tie_counts, _listed
+    runner = _adapters.backend_trainer(model_module, trainer)
+    _stateful = backend != "jax"
+    if _stateful and runner is None:
+        return f"no subclass of {trainer.__name__} defines {', '.join(_adapters.RUNS)}"
     _tie_counts = backend == "tensorflow"
-    listed = trainer.metrics.fget  # Keras's own list, before ours is added
+    _listed = trainer.metrics.fget  # Keras's own list, before ours is added
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
-    _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
     _wrapping.wrap_method(metric_module.Metric, "__call__", _note_result)
-    _wrapping.wrap_method(trainer, "compute_loss", _compute_loss(listed))
-    _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build(listed))
+    _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build(_listed))
     _wrapping.wrap_property(trainer, "metrics", _trainer_metrics)
+    if _stateful:
+        for name in _adapters.RUNS:
+            _wrapping.wrap_method(runner, name, _run(predicts=name.startswith("predict")))
+    else:
+        _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
+        _wrapping.wrap_method(trainer, "compute_loss", _compute_loss(_listed))
     return None
 
 
 def uninstall():
-    _local.step = None
+    global _last_result
+    _local.step, _last_result = None, None
+    _running.clear()

@@ -69,7 +69,7 @@ def _installers(adapter):
         return _metrics_names.install(compile_utils, trainer, callbacks, model)
 
     def add_metric():
-        return _add_metric.install(trainer, backend.backend())
+        return _add_metric.install(trainer, backend.backend(), model)
 
     def keras2_steps():
         if backend.backend() != "tensorflow":

@@ -170,6 +170,109 @@ def test_a_generator_counts_each_batch_once(patched, steps_per_epoch):
     assert evaluated == pytest.approx(expected_evaluated, rel=1e-5)
 
 
+def _student_classes(k, mean, step_idiom):
+    """A model whose layer logs the mean of its input, trained by a custom
+    `train_step` (in `step_idiom`, "tensorflow" or "torch") that may call a
+    teacher model and may call the model a second time, on `x + 10`."""
+
+    class MeanLogger(k.layers.Layer):
+        def call(self, x):
+            self.add_metric(mean(x), name="x_mean")
+            return x
+
+    class Student(k.Model):
+        def __init__(self, teacher=None, twice=False):
+            super().__init__()
+            self.logger, self.dense = MeanLogger(), k.layers.Dense(4)
+            self.teacher, self.twice = teacher, twice
+
+        def call(self, x):
+            return self.dense(self.logger(x))
+
+        def _forward(self, x):
+            y_pred = self(x, training=True)
+            if self.teacher is not None:
+                y_pred = y_pred + 0.0 * mean(self.teacher(x, training=False))
+            if self.twice:
+                y_pred = 0.5 * (y_pred + self(x + 10.0, training=True))
+            return y_pred
+
+        def train_step(self, data):
+            x, y = data
+            if step_idiom == "torch":
+                import torch
+
+                self.zero_grad()
+                y_pred = self._forward(x)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+                loss.backward()
+                weights = list(self.trainable_weights)
+                with torch.no_grad():
+                    self.optimizer.apply([w.value.grad for w in weights], weights)
+            else:
+                import tensorflow as tf
+
+                with tf.GradientTape() as tape:
+                    y_pred = self._forward(x)
+                    loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+                grads = tape.gradient(loss, self.trainable_variables)
+                self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            return self.compute_metrics(x, y, y_pred, None)
+
+    return Student
+
+
+def _perceptual_loss(k, extractor, mean):
+    def loss(y_true, y_pred):
+        return mean((extractor(y_true) - extractor(y_pred)) ** 2)
+
+    return loss
+
+
+def _fit_pattern(k, mean, pattern, step_idiom):
+    """History and evaluation of `pattern` in `k` (Keras 3 or tf-keras)."""
+    x, x_val = _data()
+    extractor = k.Sequential([k.Input((4,)), k.layers.Dense(3)])
+    extractor.trainable = False
+    loss = _perceptual_loss(k, extractor, mean) if pattern == "loss_calls_a_model" else "mse"
+    if pattern == "loss_calls_a_model":
+        model = _mean_logger(k, mean)
+    else:
+        Student = _student_classes(k, mean, step_idiom)
+        teacher = extractor if pattern == "step_calls_a_teacher" else None
+        model = Student(teacher=teacher, twice=pattern == "step_calls_the_model_twice")
+        model(x[:1])
+    model.compile(optimizer=k.optimizers.SGD(0.05), loss=loss)
+    history = model.fit(
+        x, x, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+        validation_data=(x_val, x_val),
+    )
+    return history.history, model.evaluate(x, x, batch_size=BATCH, verbose=0, return_dict=True)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize(
+    "pattern", ["loss_calls_a_model", "step_calls_a_teacher", "step_calls_the_model_twice"]
+)
+def test_every_call_in_a_step_is_counted_once(patched, pattern):
+    # Keras 2 updated the metric where `add_metric` was called: another
+    # model called in the step (by the loss or by `train_step`) loses
+    # nothing, and each call of the model counts.
+    import keras
+
+    if pattern != "loss_calls_a_model" and support.backend() == "jax":
+        pytest.skip("a custom train_step in JAX's stateless idiom updates each metric itself")
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    step_idiom = "torch" if support.backend() == "torch" else "tensorflow"
+    expected, expected_evaluated = _fit_pattern(tf_keras, tf.reduce_mean, pattern, "tensorflow")
+    got, evaluated = _fit_pattern(keras, keras.ops.mean, pattern, step_idiom)
+    for name in ("x_mean", "val_x_mean"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, err_msg=name)
+    assert evaluated["x_mean"] == pytest.approx(expected_evaluated["x_mean"], rel=1e-5)
+
+
 def test_add_metric_is_listed_in_metrics_and_metrics_names(patched):
     model = _keras3_vae()
     _fit(__import__("keras"), model)
