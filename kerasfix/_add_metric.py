@@ -25,13 +25,13 @@ import weakref
 
 from kerasfix import _adapters, _config, _symbolic, _wrapping
 
-_local = threading.local()  # .step: _Pass of JAX's forward pass running, .discovery
+# .step: _Pass of JAX's forward pass running; .discovery; .running: the
+# models whose fit/evaluate/train_on_batch/test_on_batch runs in this
+# thread (None for predict), innermost last
+_local = threading.local()
 _added = weakref.WeakKeyDictionary()  # model -> {name: _Added}
 _discovered = weakref.WeakSet()  # models already called symbolically
-# Models whose fit/evaluate/train_on_batch/test_on_batch runs (None for
-# predict), innermost last. Not thread-local: tf.distribute runs each
-# replica's step in a thread of its own.
-_running = []
+_running_anywhere = []  # every thread's .running, for tf.distribute's replica threads
 _last_result = None  # (result, Metric) of the latest Metric call while running
 _stateful = False  # TensorFlow and torch: metrics update where add_metric is called
 _tie_counts = False  # on TensorFlow: see _ones_after
@@ -137,7 +137,7 @@ def _add(layer, value, name=None, **kwargs):
 def _add_now(layer, value, name, kwargs):
     from keras.src import backend
 
-    model = _running[-1] if _running else None
+    model = _running_model()
     if model is None or backend.in_stateless_scope():  # predict, a direct or symbolic call
         if model is None and backend.is_keras_tensor(value):
             raise _symbolic_error()
@@ -159,7 +159,7 @@ def _note_result(wrapped, instance, args, kwargs):
         return wrapped(*args, **kwargs)
     if _stateful and getattr(_local, "discovery", None) is None:
         result = wrapped(*args, **kwargs)
-        if _running and _running[-1] is not None:
+        if _running_model() is not None:
             global _last_result
             _last_result = (result, instance)
         return result
@@ -262,16 +262,33 @@ def _update(model, step, listed):
             metric.update_state(*args, **kwargs)
 
 
+def _running_model():
+    """The model whose train or test step may be running in this thread."""
+    running = getattr(_local, "running", None)
+    if running:
+        return running[-1]
+    # tf.distribute runs each replica's step in a thread of its own, which
+    # takes the one model running, if only one is.
+    anywhere = _running_anywhere[:]
+    if anywhere and all(model is anywhere[0] for model in anywhere):
+        return anywhere[0]
+    return None
+
+
 def _run(predicts):
     def wrapper(wrapped, instance, args, kwargs):
         if _config.mode is None:
             return wrapped(*args, **kwargs)
-        _running.append(None if predicts else instance)
+        model = None if predicts else instance
+        running = _local.__dict__.setdefault("running", [])
+        running.append(model)
+        _running_anywhere.append(model)
         try:
             return wrapped(*args, **kwargs)
         finally:
-            _running.pop()
-            if not _running:
+            running.pop()
+            _running_anywhere.remove(model)
+            if not _running_anywhere:
                 global _last_result
                 _last_result = None  # lets a traced graph go
 
@@ -374,6 +391,6 @@ def install(trainer, backend, model_module):
 
 
 def uninstall():
+    # A run under way in another thread takes its own model off the stacks.
     global _last_result
     _local.step, _last_result = None, None
-    _running.clear()
