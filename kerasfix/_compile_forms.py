@@ -220,8 +220,9 @@ def _build_loss(wrapped, instance, args, kwargs):
 def _copied(struct):
     """A dict of targets or outputs copied: Keras 3.5's `build` pops the
     keys of outputs without a loss in place, and the `call` it runs in pops
-    them again from the same dict."""
-    return dict(struct) if isinstance(struct, dict) else struct
+    them again from the same dict. An OrderedDict stays one, so that Keras
+    flattens it in insertion order, not sorted."""
+    return struct.copy() if isinstance(struct, dict) else struct
 
 
 # Sample weights

@@ -36,14 +36,44 @@ def assert_reported(logs, raw):
         assert logs[f"{name}_loss"] == pytest.approx(value, rel=1e-5), name
 
 
-def test_ordered_dict_outputs_keep_insertion_order(patched):
+def _zeta_alpha_model():
+    """Outputs in an OrderedDict whose insertion order is not sorted."""
     keras.utils.set_random_seed(1)
     inp = keras.Input((4,))
     outputs = collections.OrderedDict(
         [("zeta", keras.layers.Dense(1, name="zeta")(inp)),
          ("alpha", keras.layers.Dense(2, name="alpha")(inp))]
     )
-    model = keras.Model(inp, outputs)
+    return keras.Model(inp, outputs)
+
+
+def test_ordered_dict_outputs_total_is_keras_own(patched):
+    # What is trained on stays Keras's own, even where Keras 3.3-3.4 and 3.7
+    # pair an OrderedDict's outputs with other targets: kerasfix once copied
+    # it into a plain dict, which Keras flattens sorted.
+    model = _zeta_alpha_model()
+    rng = np.random.default_rng(3)
+    y = collections.OrderedDict(
+        [("zeta", 3 * rng.normal(size=(N, 1)).astype("float32")),
+         ("alpha", rng.normal(size=(N, 2)).astype("float32"))]
+    )
+    losses = collections.OrderedDict([("zeta", "mse"), ("alpha", "mae")])
+
+    def total():
+        model.compile(frozen_sgd(), loss=losses)
+        return model.evaluate(X, y, batch_size=N, return_dict=True, verbose=0)["loss"]
+
+    on = total()
+    patched.disable()
+    try:
+        off = total()
+    finally:
+        patched.enable()
+    assert on == pytest.approx(off, rel=1e-6)
+
+
+def test_ordered_dict_outputs_keep_insertion_order(patched):
+    model = _zeta_alpha_model()
     y = collections.OrderedDict(
         [("zeta", 3 * RNG.normal(size=(N, 1)).astype("float32")),
          ("alpha", RNG.normal(size=(N, 2)).astype("float32"))]
