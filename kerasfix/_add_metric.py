@@ -145,7 +145,7 @@ def _add_now(layer, value, name, kwargs):
     known = _last_result
     metric = known[1] if known is not None and known[0] is value else None
     _check_arguments(value, name, kwargs, metric)
-    mean = _metric_for(model, layer, metric.name if metric else name, value, metric, _listed)
+    mean = _metric_for(model, layer, metric.name if metric else name, value, metric)
     if metric is None:  # a Metric's own call has updated it already
         _update_mean(mean, value)
 
@@ -198,7 +198,7 @@ def _own_metrics(model):
     return [a.metric for a in added.values() if a.ours] if added else []
 
 
-def _metric_for(model, layer, name, value, metric, listed):
+def _metric_for(model, layer, name, value, metric):
     """The metric `name` stands for in `model`, made on first sight."""
     added = _added.setdefault(model, {})
     known = added.get(name)
@@ -206,7 +206,7 @@ def _metric_for(model, layer, name, value, metric, listed):
         if known.layer is not layer or (metric is not None and known.metric is not metric):
             raise _clash(name, 2)
         return known.metric
-    others = [m for m in listed(model) if m.name == name and m is not metric]
+    others = [m for m in _listed(model) if m.name == name and m is not metric]
     if others:
         raise _clash(name, len(others) + 1)
     if metric is None:
@@ -224,7 +224,7 @@ def _metric_for(model, layer, name, value, metric, listed):
             )
         dtype = standardize_dtype(getattr(value, "dtype", None) or "float32")
         metric = metrics.Mean(name=name, dtype=dtype if "float" in dtype else None)
-    ours = not any(m is metric for m in listed(model))
+    ours = not any(m is metric for m in _listed(model))
     added[name] = _Added(metric, layer, ours)
     return metric
 
@@ -252,9 +252,9 @@ def _update_mean(mean, value):
     mean.update_state(value, sample_weight=_ones_after(value))
 
 
-def _update(model, step, listed):
+def _update(model, step):
     for layer, name, value, metric in step.records:
-        found = _metric_for(model, layer, name, value, metric, listed)
+        found = _metric_for(model, layer, name, value, metric)
         if metric is None:
             _update_mean(found, value)
     for _, metric, args, kwargs, deferred in step.results.values():
@@ -295,22 +295,19 @@ def _run(predicts):
     return wrapper
 
 
-def _compute_loss(listed):
-    def wrapper(wrapped, instance, args, kwargs):
-        loss = wrapped(*args, **kwargs)
-        step = getattr(_local, "step", None)
-        if _config.mode is None or step is None or not (step.records or step.results):
-            return loss
-        from keras.src import backend
-
-        # The step's own forward pass: its values wait, outside the step's
-        # scope, for the scope `stateless_compute_loss` opens.
-        if step.entry is None and backend.in_stateless_scope():
-            _local.step = None
-            _update(instance, step, listed)
+def _compute_loss(wrapped, instance, args, kwargs):
+    loss = wrapped(*args, **kwargs)
+    step = getattr(_local, "step", None)
+    if _config.mode is None or step is None or not (step.records or step.results):
         return loss
+    from keras.src import backend
 
-    return wrapper
+    # The step's own forward pass: its values wait, outside the step's
+    # scope, for the scope `stateless_compute_loss` opens.
+    if step.entry is None and backend.in_stateless_scope():
+        _local.step = None
+        _update(instance, step)
+    return loss
 
 
 def _trainer_metrics(fget, instance):
@@ -319,30 +316,27 @@ def _trainer_metrics(fget, instance):
     return metrics + ours if ours else metrics
 
 
-def _symbolic_build(listed):
-    def wrapper(wrapped, instance, args, kwargs):
-        # JAX traces a step with the metric variables that exist before it:
-        # call the model symbolically once to meet its add_metric names.
-        if _config.mode is None or instance in _discovered:
-            return wrapped(*args, **kwargs)
-        _discovered.add(instance)
+def _symbolic_build(wrapped, instance, args, kwargs):
+    # JAX traces a step with the metric variables that exist before it:
+    # call the model symbolically once to meet its add_metric names.
+    if _config.mode is None or instance in _discovered:
+        return wrapped(*args, **kwargs)
+    _discovered.add(instance)
 
-        def bind(iterator=None, data_batch=None):
-            return iterator, data_batch
+    def bind(iterator=None, data_batch=None):
+        return iterator, data_batch
 
-        iterator, batch = bind(*args, **kwargs)
-        if batch is None:
-            batch = _symbolic.first_batch(iterator)
-        # Handed down, so Keras (and kerasfix's loss metrics) read no other.
-        result = wrapped(iterator=iterator, data_batch=batch)
-        if batch is not None:
-            _discover(instance, batch, listed)
-        return result
-
-    return wrapper
+    iterator, batch = bind(*args, **kwargs)
+    if batch is None:
+        batch = _symbolic.first_batch(iterator)
+    # Handed down, so Keras (and kerasfix's loss metrics) read no other.
+    result = wrapped(iterator=iterator, data_batch=batch)
+    if batch is not None:
+        _discover(instance, batch)
+    return result
 
 
-def _discover(model, batch, listed):
+def _discover(model, batch):
     from keras.src import backend
     from keras.src.trainers.data_adapters import data_adapter_utils
 
@@ -357,7 +351,7 @@ def _discover(model, batch, listed):
     finally:
         _local.discovery = None
     for layer, name, value, metric in step.records:
-        _metric_for(model, layer, name, value, metric, listed)
+        _metric_for(model, layer, name, value, metric)
 
 
 def install(trainer, backend, model_module):
@@ -379,14 +373,14 @@ def install(trainer, backend, model_module):
     _listed = trainer.metrics.fget  # Keras's own list, before ours is added
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
     _wrapping.wrap_method(metric_module.Metric, "__call__", _note_result)
-    _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build(_listed))
+    _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build)
     _wrapping.wrap_property(trainer, "metrics", _trainer_metrics)
     if _stateful:
         for name in _adapters.RUNS:
             _wrapping.wrap_method(runner, name, _run(predicts=name.startswith("predict")))
     else:
         _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
-        _wrapping.wrap_method(trainer, "compute_loss", _compute_loss(_listed))
+        _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)
     return None
 
 
