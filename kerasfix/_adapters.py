@@ -124,10 +124,18 @@ def missing_for_add_metric(layer_module, trainer, backend):
     missing = [m for m in ("add_metric", "_clear_losses") if m not in vars(layer)]
     if missing:
         return f"Layer does not define {', '.join(missing)}"
+    if "_metrics" not in _attributes_set(getattr(vars(layer).get("metrics"), "fget", None)):
+        return "Layer.metrics does not list Layer._metrics"
     missing = [m for m in ("compute_loss", "_symbolic_build", "metrics") if m not in vars(trainer)]
     if missing:
         return f"{trainer.__name__} does not define {', '.join(missing)}"
     return _jax_drops_updates(trainer, backend)
+
+
+def layer_metrics(layer):
+    """The list of metrics `layer` owns, which `layer.metrics` lists (and
+    the trainer's `metrics` from 3.4), where a direct `add_metric` puts its."""
+    return layer._metrics
 
 
 def _jax_drops_updates(trainer, backend):

@@ -4,7 +4,10 @@ Keras 2 updated the metric where `add_metric` was called, whatever else the
 step called (a teacher model, a loss that runs a feature extractor, the
 model twice). TensorFlow and torch are stateful, and kerasfix does the same
 there, while a `fit`, `evaluate`, `train_on_batch` or `test_on_batch` runs;
-`predict` and direct calls take no values up.
+`predict` takes no values up. A direct call (the model or a layer called by
+the user's own code, eagerly or in their `tf.function`) updates the layer's
+metric of that name, made on first sight and listed in `layer.metrics`, as
+Keras 2 did on every backend.
 
 JAX's compiled step cannot update a variable where the value is made: there
 `add_metric` notes its value while the model runs forward, and the model's
@@ -123,11 +126,12 @@ def _add(layer, value, name=None, **kwargs):
 
     if _stateful and getattr(_local, "discovery", None) is None:
         return _add_now(layer, value, name, kwargs)
+    if getattr(_local, "discovery", None) is None and not backend.in_stateless_scope():
+        # JAX runs every step of Keras's in a stateless scope.
+        return _add_direct(layer, value, name, kwargs)
     step = _current_pass()
     if step is None:
-        if backend.is_keras_tensor(value):
-            raise _symbolic_error()
-        return  # predict or a direct call: Keras 2's value is not asked for
+        return  # predict or a symbolic call: Keras 2's value is not asked for
     result = step.results.get(id(value))
     metric = result[1] if result is not None and result[0] is value else None
     _check_arguments(value, name, kwargs, metric)
@@ -139,8 +143,8 @@ def _add_now(layer, value, name, kwargs):
 
     model = _running_model()
     if model is None or backend.in_stateless_scope():  # predict, a direct or symbolic call
-        if model is None and backend.is_keras_tensor(value):
-            raise _symbolic_error()
+        if model is None and not getattr(_local, "running", None) and not backend.in_stateless_scope():
+            _add_direct(layer, value, name, kwargs)
         return
     known = _last_result
     metric = known[1] if known is not None and known[0] is value else None
@@ -150,6 +154,39 @@ def _add_now(layer, value, name, kwargs):
         _update_mean(mean, value)
 
 
+def _add_direct(layer, value, name, kwargs):
+    from keras.src import backend
+
+    if backend.is_keras_tensor(value):
+        raise _symbolic_error()
+    global _last_result
+    known, _last_result = _last_result, None
+    metric = known[1] if known is not None and known[0] is value else None
+    _check_arguments(value, name, kwargs, metric)
+    name = metric.name if metric else name
+    found = _layer_metric(layer, name)
+    if found is None:
+        found = metric or _new_mean(name, value)
+        _adapters.layer_metrics(layer).append(found)
+    if metric is None:  # a Metric's own call has updated it already
+        _update_mean(found, value)
+
+
+def _layer_metric(layer, name):
+    """The metric `name` of `layer`: Keras 2 kept one per layer and name,
+    whichever model called the layer, and whether `fit` or the user did."""
+    for metric in _adapters.layer_metrics(layer):
+        if metric.name == name:
+            return metric
+    for model, added in list(_added.items()):
+        known = added.get(name)
+        if known is not None and known.layer is layer:
+            _adapters.layer_metrics(layer).append(known.metric)
+            known.ours = not any(m is known.metric for m in _listed(model))
+            return known.metric
+    return None
+
+
 def _note_result(wrapped, instance, args, kwargs):
     # `add_metric(self.mean(x))` passes a Metric's result: Keras 2 logged
     # that Metric itself. In JAX's forward pass the Metric's variables are
@@ -157,16 +194,17 @@ def _note_result(wrapped, instance, args, kwargs):
     # for the scope that carries them, and the call returns a placeholder.
     if _config.mode is None:
         return wrapped(*args, **kwargs)
-    if _stateful and getattr(_local, "discovery", None) is None:
+    from keras.src import backend, ops
+
+    discovering = getattr(_local, "discovery", None) is not None
+    if not discovering and (_stateful or not backend.in_stateless_scope()):
+        global _last_result
         result = wrapped(*args, **kwargs)
-        if _running_model() is not None:
-            global _last_result
-            _last_result = (result, instance)
+        _last_result = (result, instance)
         return result
     step = _current_pass()
     if step is None:
         return wrapped(*args, **kwargs)
-    from keras.src import backend, ops
 
     deferred = backend.in_stateless_scope() and step is not getattr(_local, "discovery", None)
     result = ops.zeros((), dtype=instance.dtype) if deferred else wrapped(*args, **kwargs)
@@ -206,12 +244,13 @@ def _metric_for(model, layer, name, value, metric):
         if known.layer is not layer or (metric is not None and known.metric is not metric):
             raise _clash(name, 2)
         return known.metric
+    if metric is None:
+        metric = _layer_metric(layer, name)
     others = [m for m in _listed(model) if m.name == name and m is not metric]
     if others:
         raise _clash(name, len(others) + 1)
     if metric is None:
-        from keras.src import backend, metrics
-        from keras.src.backend.common.variables import standardize_dtype
+        from keras.src import backend
 
         if backend.in_stateless_scope():
             raise ValueError(
@@ -222,11 +261,18 @@ def _metric_for(model, layer, name, value, metric):
                 "`fit`/`evaluate`; make sure that call reaches `add_metric` "
                 "(with `training=True` and `False`)."
             )
-        dtype = standardize_dtype(getattr(value, "dtype", None) or "float32")
-        metric = metrics.Mean(name=name, dtype=dtype if "float" in dtype else None)
+        metric = _new_mean(name, value)
     ours = not any(m is metric for m in _listed(model))
     added[name] = _Added(metric, layer, ours)
     return metric
+
+
+def _new_mean(name, value):
+    from keras.src import metrics
+    from keras.src.backend.common.variables import standardize_dtype
+
+    dtype = standardize_dtype(getattr(value, "dtype", None) or "float32")
+    return metrics.Mean(name=name, dtype=dtype if "float" in dtype else None)
 
 
 def _ones_after(value):

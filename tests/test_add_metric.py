@@ -129,6 +129,19 @@ def _mean_logger(k, mean):
     return k.Model(inp, k.layers.Dense(4)(MeanLogger()(inp)))
 
 
+def _oracle_and_model(build):
+    """`build(k, mean)` in tf-keras and in Keras 3, with the same weights."""
+    import keras
+
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    oracle = build(tf_keras, tf.reduce_mean)
+    model = build(keras, keras.ops.mean)
+    model.set_weights(oracle.get_weights())
+    return (tf_keras, oracle), (keras, model)
+
+
 def _fit_generators(k, model, steps_per_epoch):
     x, x_val = _data()
     model.compile(optimizer=k.optimizers.SGD(0.05), loss="mse")
@@ -152,12 +165,7 @@ def test_a_generator_counts_each_batch_once(patched, steps_per_epoch):
     if not support.keras_counts_generator_batches():
         pytest.skip(f"Keras {keras.__version__} on {support.backend()} loses generator batches itself")
 
-    tf_keras = pytest.importorskip("tf_keras")
-    import tensorflow as tf
-
-    oracle = _mean_logger(tf_keras, tf.reduce_mean)
-    model = _mean_logger(keras, keras.ops.mean)
-    model.set_weights(oracle.get_weights())
+    (tf_keras, oracle), (_, model) = _oracle_and_model(_mean_logger)
     expected, expected_evaluated = _fit_generators(tf_keras, oracle, steps_per_epoch)
     got, evaluated = _fit_generators(keras, model, steps_per_epoch)
     assert list(got) == list(expected)
@@ -168,6 +176,38 @@ def test_a_generator_counts_each_batch_once(patched, steps_per_epoch):
     if support.loss_is_per_batch():
         del evaluated["loss"], expected_evaluated["loss"]
     assert evaluated == pytest.approx(expected_evaluated, rel=1e-5)
+
+
+def _tracking_logger(k, mean):
+    """A model whose layer tracks a `Mean` and adds a value under its name."""
+
+    class TrackingLogger(k.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tracked = k.metrics.Mean(name="x_mean")
+
+        def call(self, x):
+            self.add_metric(mean(x), name="x_mean")
+            return x
+
+    inp = k.Input((4,))
+    return k.Model(inp, k.layers.Dense(4)(TrackingLogger()(inp)))
+
+
+@pytest.mark.oracle
+def test_a_layers_own_metric_of_that_name_is_the_one_updated(patched):
+    # Keras 2 looked the name up in the layer's metrics first.
+    x, x_val = _data()
+    logs = []
+    for k, m in _oracle_and_model(_tracking_logger):
+        m.compile(optimizer=k.optimizers.SGD(0.05), loss="mse")
+        history = m.fit(x, x, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, validation_data=(x_val, x_val))
+        logs.append((history.history, m.layers[1].tracked.result()))
+    (expected, expected_tracked), (got, tracked) = logs
+    assert list(got) == list(expected)
+    for name in ("x_mean", "val_x_mean"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, err_msg=name)
+    assert float(tracked) == pytest.approx(float(expected_tracked), rel=1e-5)
 
 
 def _student_classes(k, mean, step_idiom):
@@ -305,12 +345,44 @@ def _kl_numpy(model, x):
     return float(np.mean(-0.5 * np.sum(1 + lv - m**2 - np.exp(lv), -1)))
 
 
-def test_predict_and_direct_calls_do_nothing(patched):
-    model = _keras3_vae()
+def test_predict_takes_no_values_up(patched):
+    import keras
+
+    model = _mean_logger(keras, keras.ops.mean)
     x, _ = _data()
     model.predict(x, verbose=0)
-    model(x)
-    assert "kl_loss" not in [m.name for m in model.metrics]
+    model.predict_on_batch(x)
+    assert "x_mean" not in [m.name for m in model.metrics]
+
+
+def _call_fit_call(k, model):
+    """What a layer's `x_mean` reads after direct calls, `fit` and a call."""
+    x, x_val = _data()
+    logger = model.layers[1]
+    model(x[:2])
+    model(x[2:5] + 100.0)
+    seen = [(m.name, float(m.result())) for m in logger.metrics]
+    model.compile(optimizer=k.optimizers.SGD(0.05), loss="mse")
+    history = model.fit(
+        x, x, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, validation_data=(x_val, x_val)
+    ).history
+    model(x[:3] - 100.0)
+    after = [(m.name, float(m.result())) for m in logger.metrics]
+    return seen, history, after, model.metrics_names
+
+
+@pytest.mark.oracle
+def test_direct_calls_update_the_layers_metric(patched):
+    # Keras 2 kept one metric per layer and name, made at its first call,
+    # updated by the user's calls too, and reset by fit at each epoch.
+    expected, got = (_call_fit_call(k, m) for k, m in _oracle_and_model(_mean_logger))
+    assert [name for name, _ in got[0]] == [name for name, _ in expected[0]] == ["x_mean"]
+    assert got[0][0][1] == pytest.approx(expected[0][0][1], rel=1e-5)
+    assert list(got[1]) == list(expected[1])
+    for name in ("x_mean", "val_x_mean"):
+        np.testing.assert_allclose(got[1][name], expected[1][name], rtol=1e-5, err_msg=name)
+    assert got[2][0][1] == pytest.approx(expected[2][0][1], rel=1e-5)
+    assert got[3] == expected[3]
 
 
 def _probe(values_per_call, names):
