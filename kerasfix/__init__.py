@@ -86,7 +86,7 @@ def status():
         return info
     import importlib
 
-    importlib.import_module(_adapters.MODEL)
+    importlib.import_module(_adapters.MODELS)
     from keras.src import backend
 
     info["backend"] = backend.backend()

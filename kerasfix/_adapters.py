@@ -18,8 +18,11 @@ METRIC = "keras.src.metrics.metric"
 VERSION = "keras.src.version"
 CALLBACKS = "keras.src.callbacks"
 MODEL = "keras.src.models.model"
+MODELS = "keras.src.models"  # the package: loaded once Functional is whole too
 PYTHON_UTILS = "keras.src.utils.python_utils"
 TF_TRAINER = "keras.src.backend.tensorflow.trainer"
+FUNCTIONAL = "keras.src.models.functional"
+FUNCTION = "keras.src.ops.function"
 REDUCTION_METRICS = "keras.src.metrics.reduction_metrics"
 
 
@@ -124,8 +127,9 @@ def missing_for_add_metric(layer_module, trainer, backend):
     missing = [m for m in ("add_metric", "_clear_losses") if m not in vars(layer)]
     if missing:
         return f"Layer does not define {', '.join(missing)}"
-    if "_metrics" not in _attributes_set(getattr(vars(layer).get("metrics"), "fget", None)):
-        return "Layer.metrics does not list Layer._metrics"
+    readers = [getattr(vars(layer).get(name), "fget", None) for name in ("metrics", "metrics_variables")]
+    if not any("_metrics" in _attributes_set(fget) for fget in readers):
+        return "Layer keeps its metrics in no Layer._metrics"
     missing = [m for m in ("compute_loss", "_symbolic_build", "metrics") if m not in vars(trainer)]
     if missing:
         return f"{trainer.__name__} does not define {', '.join(missing)}"
@@ -133,9 +137,51 @@ def missing_for_add_metric(layer_module, trainer, backend):
 
 
 def layer_metrics(layer):
-    """The list of metrics `layer` owns, which `layer.metrics` lists (and
-    the trainer's `metrics` from 3.4), where a direct `add_metric` puts its."""
+    """The list of metrics `layer` owns, where a direct `add_metric` puts
+    its: `metrics_variables` reads it, and from 3.4 `layer.metrics` and the
+    trainer's `metrics` list it."""
     return layer._metrics
+
+
+def missing_for_functional_add(functional_module, function_module):
+    """What symbolic `model.add_loss`/`add_metric` need from `Functional`
+    and `Function` and do not find, or None."""
+    functional = getattr(functional_module, "Functional", None)
+    if not isinstance(functional, type) or "add_loss" not in vars(functional):
+        return f"no Functional.add_loss in {FUNCTIONAL}"
+    if not callable(getattr(function_module, "map_graph", None)):
+        return f"no map_graph in {FUNCTION}"
+    function = getattr(function_module, "Function", None)
+    runs = _attributes_set(vars(function).get("_run_through_graph") if isinstance(function, type) else None)
+    if not {"_nodes_by_depth", "outputs"} <= runs:
+        return "Function._run_through_graph runs no _nodes_by_depth"
+    return None
+
+
+def run_also(model, tensors):
+    """Makes a functional `model` compute `tensors` whenever it runs, beside
+    what it returns: the nodes between its inputs and outputs, and these.
+    Raises ValueError where its inputs do not compute them."""
+    map_graph = importlib.import_module(FUNCTION).map_graph
+    _, nodes_by_depth, _, _ = map_graph(model._inputs, model._outputs + tensors)
+    inputs = {id(x) for x in model._inputs}
+    for nodes in nodes_by_depth.values():
+        for node in nodes:
+            if node.is_input and not any(id(x) in inputs for x in node.outputs):
+                raise ValueError(f"{node.outputs} is not one of the model's inputs")
+    model._nodes_by_depth = nodes_by_depth
+
+
+def retrace(model):
+    """Makes `model`'s next fit, evaluate and predict trace their steps
+    again, as `compile` does."""
+    model.train_function = model.test_function = model.predict_function = None
+
+
+def own_layer(model, layer):
+    """Makes `layer` one of `model`'s sublayers for its losses and metrics
+    (`_flatten_layers`), not one of `model.layers` (nor of its config)."""
+    model._layers.append(layer)
 
 
 def _jax_drops_updates(trainer, backend):

@@ -54,10 +54,9 @@ class _Pass:
 class _Added:
     """One name's `Mean` (or the user's `Metric`) and the layer that added it."""
 
-    def __init__(self, metric, layer, ours):
+    def __init__(self, metric, layer):
         self.metric = metric
         self.layer = layer
-        self.ours = ours  # listed by kerasfix, not by Keras
 
 
 def _current_pass():
@@ -85,8 +84,8 @@ def _current_pass():
     return step
 
 
-def _check_arguments(value, name, kwargs, metric):
-    # Keras 2's checks and messages, in Keras 2's order.
+def check_arguments(value, name, kwargs, metric):
+    """Keras 2's checks of `add_metric`'s arguments, with its messages, in its order."""
     if len(kwargs) > 1 or (kwargs and "aggregation" not in kwargs):
         raise TypeError(
             f"Unknown keyword arguments: {kwargs.keys()}. Expected `aggregation`."
@@ -112,10 +111,11 @@ def _add_metric(wrapped, instance, args, kwargs):
 
 def _symbolic_error():
     return ValueError(
-        "`add_metric()` on a symbolic tensor of a functional model is "
-        "not supported in Keras 3 (nor is a symbolic `add_loss()`). "
-        "Compute the value inside a layer's `call()` and call "
-        "`self.add_metric(value, name=...)` there (a layer that "
+        "`add_metric()` on a symbolic tensor, outside `call()`, is for a "
+        "functional model (`model.add_metric(tensor, name=...)`, which "
+        "kerasfix adds to the model's graph as Keras 2 did). On any other "
+        "model or layer, compute the value inside a layer's `call()` and "
+        "call `self.add_metric(value, name=...)` there (a layer that "
         "returns its input unchanged will do), or pass a metric to "
         "`compile(metrics=[...])`."
     )
@@ -134,7 +134,7 @@ def _add(layer, value, name=None, **kwargs):
         return  # predict or a symbolic call: Keras 2's value is not asked for
     result = step.results.get(id(value))
     metric = result[1] if result is not None and result[0] is value else None
-    _check_arguments(value, name, kwargs, metric)
+    check_arguments(value, name, kwargs, metric)
     step.records.append((layer, metric.name if metric else name, value, metric))
 
 
@@ -148,7 +148,7 @@ def _add_now(layer, value, name, kwargs):
         return
     known = _last_result
     metric = known[1] if known is not None and known[0] is value else None
-    _check_arguments(value, name, kwargs, metric)
+    check_arguments(value, name, kwargs, metric)
     mean = _metric_for(model, layer, metric.name if metric else name, value, metric)
     if metric is None:  # a Metric's own call has updated it already
         _update_mean(mean, value)
@@ -162,7 +162,7 @@ def _add_direct(layer, value, name, kwargs):
     global _last_result
     known, _last_result = _last_result, None
     metric = known[1] if known is not None and known[0] is value else None
-    _check_arguments(value, name, kwargs, metric)
+    check_arguments(value, name, kwargs, metric)
     name = metric.name if metric else name
     found = _layer_metric(layer, name)
     if found is None:
@@ -178,11 +178,10 @@ def _layer_metric(layer, name):
     for metric in _adapters.layer_metrics(layer):
         if metric.name == name:
             return metric
-    for model, added in list(_added.items()):
+    for added in list(_added.values()):
         known = added.get(name)
         if known is not None and known.layer is layer:
             _adapters.layer_metrics(layer).append(known.metric)
-            known.ours = not any(m is known.metric for m in _listed(model))
             return known.metric
     return None
 
@@ -230,12 +229,6 @@ def _clash(name, count):
     )
 
 
-def _own_metrics(model):
-    """kerasfix's metrics of `model`, in the order they were added."""
-    added = _added.get(model)
-    return [a.metric for a in added.values() if a.ours] if added else []
-
-
 def _metric_for(model, layer, name, value, metric):
     """The metric `name` stands for in `model`, made on first sight."""
     added = _added.setdefault(model, {})
@@ -246,6 +239,8 @@ def _metric_for(model, layer, name, value, metric):
         return known.metric
     if metric is None:
         metric = _layer_metric(layer, name)
+        if metric is not None:
+            _reset_before_step(metric)
     others = [m for m in _listed(model) if m.name == name and m is not metric]
     if others:
         raise _clash(name, len(others) + 1)
@@ -262,9 +257,23 @@ def _metric_for(model, layer, name, value, metric):
                 "(with `training=True` and `False`)."
             )
         metric = _new_mean(name, value)
-    ours = not any(m is metric for m in _listed(model))
-    added[name] = _Added(metric, layer, ours)
+    added[name] = _Added(metric, layer)
     return metric
+
+
+def _reset_before_step(metric):
+    """Clears what a layer's metric held before this run (direct calls):
+    Keras 3.0-3.3 reset no layer's metric at an epoch's start, and on
+    TensorFlow the run may first meet it in its step's first trace."""
+    from keras.src import backend
+
+    if _tie_counts:
+        import tensorflow as tf
+
+        with tf.init_scope():
+            metric.reset_state()
+    elif not backend.in_stateless_scope():
+        metric.reset_state()
 
 
 def _new_mean(name, value):
@@ -357,9 +366,16 @@ def _compute_loss(wrapped, instance, args, kwargs):
 
 
 def _trainer_metrics(fget, instance):
+    # After all others, in the order they were added, as Keras 2 listed
+    # them; Keras 3.4+ lists a layer's own metrics (of a direct call)
+    # itself, and 3.4-3.14 before the compiled metrics.
     metrics = fget(instance)
-    ours = _own_metrics(instance)
-    return metrics + ours if ours else metrics
+    added = _added.get(instance)
+    if not added:
+        return metrics
+    last = [a.metric for a in added.values()]
+    ids = {id(m) for m in last}
+    return [m for m in metrics if id(m) not in ids] + last
 
 
 def _symbolic_build(wrapped, instance, args, kwargs):
@@ -380,6 +396,12 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     if batch is not None:
         _discover(instance, batch)
     return result
+
+
+def rediscover(model):
+    """Calls `model` symbolically again before its next step: its graph
+    has changed."""
+    _discovered.discard(model)
 
 
 def _discover(model, batch):

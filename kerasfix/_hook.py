@@ -19,7 +19,7 @@ def install():
     """Patches Keras now if `keras.Model` is loaded, else once it is."""
     global _installed
     if _installed:
-        if failed is None and _adapters.MODEL in sys.modules:
+        if failed is None and _adapters.MODELS in sys.modules:
             from kerasfix import _patch
 
             _patch.apply()
@@ -51,11 +51,12 @@ def _register():
             raise _config.KerasfixError(message + " Unset KERASFIX_STRICT to run anyway.")
         _config.warn_once(message)
         return
-    # `keras.Model`'s module, not compile_utils or the trainer: by the time
-    # it is loaded, every class kerasfix patches (the backend's trainer
-    # included) is whole, where a hook on a module Keras imports on the way
-    # would find the modules that import it half-built.
-    wrapt.register_post_import_hook(_patch.apply, _adapters.MODEL)
+    # The package of `keras.Model`, not compile_utils, the trainer or
+    # `Model`'s own module: by the time it is loaded, every class kerasfix
+    # patches (the backend's trainer and `Functional` included) is whole,
+    # where a hook on a module Keras imports on the way would find the
+    # modules that import it half-built.
+    wrapt.register_post_import_hook(_patch.apply, _adapters.MODELS)
 
 
 class _KerasImportFinder:

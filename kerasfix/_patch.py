@@ -16,7 +16,8 @@ import importlib
 import sys
 
 from kerasfix import _adapters, _add_loss, _add_metric, _callbacks, _compile_forms
-from kerasfix import _config, _keras2_steps, _loss_metrics, _metrics_names, _wrapping
+from kerasfix import _config, _functional_add, _keras2_steps, _loss_metrics
+from kerasfix import _metrics_names, _wrapping
 from kerasfix._config import KerasfixError
 
 MECHANISMS = (
@@ -27,6 +28,7 @@ MECHANISMS = (
     "keras 2 steps",
     "add_loss",
     "compile forms",
+    "model.add_loss/add_metric",
 )
 
 _adapter = None  # the layout found when the patch went in
@@ -84,8 +86,18 @@ def _installers(adapter):
     def compile_forms():
         return _compile_forms.install(compile_utils, trainer, model)
 
+    def functional_add():
+        if "add_metric" in off:
+            return "it logs through kerasfix's add_metric, which is off"
+        return _functional_add.install(
+            importlib.import_module(_adapters.LAYER),
+            importlib.import_module(_adapters.FUNCTIONAL),
+            importlib.import_module(_adapters.FUNCTION),
+        )
+
     installs = (
-        loss_metrics, direction, order, add_metric, keras2_steps, add_loss, compile_forms
+        loss_metrics, direction, order, add_metric, keras2_steps, add_loss, compile_forms,
+        functional_add,
     )
     return zip(MECHANISMS, installs)
 
