@@ -32,6 +32,12 @@ def loss_is_per_batch():
     return keras_version() < (3, 2)
 
 
+def scalar_loss_weights():
+    """Keras 3.0-3.2's CompileLoss rejects a number as `loss_weights` when
+    it is made, before any output is known; 3.3 takes it."""
+    return keras_version() >= (3, 3)
+
+
 def data(n=20, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 4)).astype("float32")

@@ -35,9 +35,10 @@ def report(keras, model, history, evaluated):
     """Prints what the program logged, keys in the order they were logged."""
     kerasfix = sys.modules.get("kerasfix")
     print(MARK + json.dumps({
-        # `tensorflow.keras` of tf-keras has no `__version__`; tf_keras has.
+        # `tensorflow.keras` has no `__version__` under tf-keras, nor under
+        # Keras 3.0-3.2; the package it stands for has.
         "keras": getattr(keras, "__version__", None)
-        or sys.modules["tf_keras"].__version__,
+        or (sys.modules.get("tf_keras") or sys.modules["keras"]).__version__,
         "kerasfix": getattr(kerasfix, "__file__", None),
         "history": _plain(history.history),
         "evaluate": _plain(evaluated),
