@@ -112,15 +112,17 @@ def _targets(y_true, y_pred, owner):
     some outputs of a list becomes a list. A left-out output gets its own
     prediction as a stand-in target, which `_left_out_of_loss` and
     `_left_out_of_metrics` keep from counting, as Keras 2 skipped it."""
-    keys = _outputs(y_pred)
-    if keys is None or y_true is None:
+    # A list of targets, as Keras passes them in every step of a list of
+    # outputs, is returned first: this runs in every step.
+    if y_true is None or isinstance(y_true, (list, tuple)):
         return y_true, []
-    if not _is_nested(y_true):
+    keys = _outputs(y_pred)
+    if keys is None:
+        return y_true, []
+    if not isinstance(y_true, dict):
         if isinstance(y_pred, dict):
             return {key: y_true for key in keys}, []
         return [y_true] * len(keys), []
-    if not isinstance(y_true, dict):
-        return y_true, []
     names = keys if isinstance(y_pred, dict) else _names(owner, y_pred)
     if not set(y_true) < set(names):
         return y_true, []  # every output, or names Keras's own error will list

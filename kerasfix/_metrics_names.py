@@ -16,6 +16,7 @@ may have no variables before its first update), and are worked out once per
 set of metrics; an order is worked out once per set of log keys.
 """
 
+import itertools
 import weakref
 
 from kerasfix import _adapters, _config, _loss_metrics, _wrapping
@@ -87,13 +88,19 @@ def _flattened(logs):
     return flat
 
 
+def _nested(logs):
+    # In every step, over every key: no Python frame per value.
+    return any(map(isinstance, logs.values(), itertools.repeat(dict)))
+
+
 def _in_order(model, logs):
     if _config.mode is None or not isinstance(logs, dict) or model is None:
         return logs
-    if any(isinstance(value, dict) for value in logs.values()):
+    if _nested(logs):
         logs = _flattened(logs)
-    order = ordered(model, logs)
-    return logs if order == tuple(logs) else {key: logs[key] for key in order}
+    keys = tuple(logs)
+    order = ordered(model, keys)
+    return logs if order == keys else {key: logs[key] for key in order}
 
 
 def _metrics_names(fget, instance):
@@ -106,7 +113,7 @@ def _flatten_metrics_in_order(wrapped, instance, args, kwargs):
     logs = args[0] if args else kwargs["logs"]
     if _config.mode is None or not isinstance(logs, dict):
         return wrapped(*args, **kwargs)
-    if any(isinstance(value, dict) for value in logs.values()):
+    if _nested(logs):
         logs = _flattened(logs)
     results = [logs[name] for name in ordered(instance, logs)]
     return results[0] if len(results) == 1 else results
