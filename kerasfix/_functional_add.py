@@ -16,7 +16,7 @@ import weakref
 from kerasfix import _adapters, _add_metric, _config, _wrapping
 
 _tapped = weakref.WeakKeyDictionary()  # model -> the hidden layers' outputs
-_classes = {}  # "loss"/"metric" -> the hidden layer class, made at install
+_classes = {}  # "loss"/"metric" -> the hidden layer class; "functional" -> Functional
 
 
 def _make_classes(layer_class):
@@ -74,12 +74,6 @@ def _tap(model, tensor, layer, method):
     _add_metric.rediscover(model)
 
 
-def _is_functional(model):
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional)
-
-
 def _add_loss(wrapped, instance, args, kwargs):
     if _config.mode is None:
         return wrapped(*args, **kwargs)
@@ -93,7 +87,8 @@ def _add_loss(wrapped, instance, args, kwargs):
 
 
 def _add_metric_symbolic(wrapped, instance, args, kwargs):
-    if _config.mode is None or not _is_functional(instance):
+    # Every layer's `add_metric` in every step passes here: no import.
+    if _config.mode is None or not isinstance(instance, _classes["functional"]):
         return wrapped(*args, **kwargs)
     from keras.src import backend
 
@@ -125,7 +120,7 @@ def install(layer_module, functional_module, function_module):
     why = _adapters.missing_for_functional_add(functional_module, function_module)
     if why is not None:
         return why
-    _classes.update(_make_classes(layer_module.Layer))
+    _classes.update(_make_classes(layer_module.Layer), functional=functional_module.Functional)
     _wrapping.wrap_method(functional_module.Functional, "add_loss", _add_loss)
     _wrapping.wrap_method(functional_module.Functional, "get_config", _get_config)
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric_symbolic)
