@@ -174,6 +174,40 @@ def test_a_missing_internal_switches_off_its_mechanism_only(
     assert not _wrapping.patched()
 
 
+def test_an_internal_that_is_no_function_switches_off_its_mechanism_only(
+    patch_supported, monkeypatch, declined
+):
+    # Wrapped as a plain function, a staticmethod would take its first
+    # argument for `self`: it is declined instead.
+    cls = _adapters.base_trainer(trainer_module)
+    monkeypatch.setattr(cls, "_flatten_metrics_in_order", staticmethod(lambda logs: logs))
+    said, status = declined()
+    assert status["effective"] == "partial"
+    reason = status["mechanisms"]["names and order"]
+    assert reason.startswith("off:") and "_flatten_metrics_in_order is a staticmethod" in reason
+    assert len(said) == 1
+    kerasfix.disable()
+    with pytest.raises(kerasfix.KerasfixError, match="is a staticmethod"):
+        declined(strict=True)
+    assert not _wrapping.patched()
+
+
+def test_a_wrapped_method_keeps_its_module_and_original(patch_supported):
+    # TensorFlow's AutoGraph leaves functions of Keras's modules unconverted
+    # (by `__module__`); so it must leave kerasfix's wrappers of them.
+    original = vars(compile_utils.CompileLoss)["__call__"]
+    kerasfix.enable()
+    try:
+        wrapped = vars(compile_utils.CompileLoss)["__call__"]
+        assert wrapped is not original
+        assert wrapped.__module__ == original.__module__ == compile_utils.__name__
+        while wrapped is not original:
+            wrapped = wrapped.__wrapped__
+    finally:
+        kerasfix.disable()
+    assert vars(compile_utils.CompileLoss)["__call__"] is original
+
+
 def test_detection_that_raises_leaves_keras_untouched(patch_supported, monkeypatch, declined):
     def broken(*args):
         raise AttributeError("no such internal")
