@@ -52,8 +52,9 @@ def _compute_loss(wrapped, instance, args, kwargs):
         total = wrapped(*args, **kwargs)
     finally:
         _local.compiled = outer
-    if any(value is not None for value in compiled):
-        return total
+    for value in compiled:
+        if value is not None:
+            return total  # a compiled loss: Keras's value is Keras 2's
     added = instance.losses
     if added:
         _local.pending = (instance, total) + _keras2_logged(added)

@@ -260,6 +260,8 @@ def _conformed(leave_out):
         if not _compiled_by_model(instance):
             return wrapped(*args, **kwargs)
         y_true, y_pred, sample_weight = _bind_call(*args, **kwargs)
+        if not isinstance(y_pred, (list, tuple, dict)):
+            return wrapped(*args, **kwargs)  # one output: as Keras reads it
         sample_weight = _sample_weights(sample_weight, y_pred, instance)
         y_true, left_out = _targets(y_true, y_pred, instance)
         if not left_out:

@@ -41,6 +41,7 @@ class _Tracked:
     def __init__(self, adapter):
         self.adapter = adapter
         self.metrics = None  # one Mean (or None) per loss entry, once named
+        self.counted = False  # whether any is a Mean; set before `metrics`
         # Two calls at once update the metrics in turn: a Mean's update
         # reads its variables, then assigns them.
         self.updating = threading.Lock()
@@ -65,7 +66,7 @@ class _Recorder(wrapt.ObjectProxy):
     def __call__(self, y_true, y_pred, *args, **kwargs):
         before = getattr(_local, "scaling", 0)
         value = self.__wrapped__(y_true, y_pred, *args, **kwargs)
-        records = _calls().get(self._self_tracked)
+        records = getattr(_local, "calls", {}).get(self._self_tracked)
         if records is not None:
             scaled = getattr(_local, "scaling", 0) != before
             records.append((self._self_index, value, y_pred, scaled))
@@ -243,12 +244,16 @@ def _track(compile_loss):
 
 
 def _call(wrapped, instance, args, kwargs):
-    with _config.lock:  # mode and adapter as one enable() left them
-        mode = _config.mode
-        if mode is None or _built_before_enable(instance):
-            tracked = None
-        else:
-            tracked = _track(instance)
+    # Without the lock once tracked: a `_Tracked` keeps its own adapter.
+    mode = _config.mode
+    tracked = _tracked.get(instance) if mode is not None else None
+    if tracked is None:
+        with _config.lock:  # mode and adapter as one enable() left them
+            mode = _config.mode
+            if mode is None or _built_before_enable(instance):
+                tracked = None
+            else:
+                tracked = _track(instance)
     if tracked is None:
         return wrapped(*args, **kwargs)
     y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
@@ -262,12 +267,14 @@ def _call(wrapped, instance, args, kwargs):
             del calls[tracked]
         else:
             calls[tracked] = outer
-    with _config.lock:  # one thread names the metrics; others see them whole
-        if tracked.metrics is None:
-            tracked.metrics = _make_metrics(
-                instance, tracked.adapter, y_pred, records, mode
-            )
-    _update_metrics(instance, tracked, records, mode)
+    if tracked.metrics is None:
+        with _config.lock:  # one thread names the metrics; others see them whole
+            if tracked.metrics is None:
+                made = _make_metrics(instance, tracked.adapter, y_pred, records, mode)
+                tracked.counted = any(metric is not None for metric in made)
+                tracked.metrics = made
+    if tracked.counted:
+        _update_metrics(instance, tracked, records, mode)
     return total
 
 
@@ -312,7 +319,7 @@ def _compile_loss_metrics(fget, instance):
     if tracked is None:
         _built_before_enable(instance)
         return fget(instance)
-    if tracked in _calls():  # upstream's own `call`, in this thread
+    if tracked in getattr(_local, "calls", ()):  # upstream's own `call`, in this thread
         return [None] * len(tracked.adapter.entries(instance))
     return _metrics_of(instance, tracked)
 
