@@ -347,6 +347,21 @@ def base_trainer(trainer_module):
 
 RUNS = ("fit", "evaluate", "train_on_batch", "test_on_batch", "predict", "predict_on_batch")
 
+# A model whose class overrides one of these runs its own JAX step, which
+# carries no metric variables kerasfix could update (see _add_metric).
+JAX_OWN_STEPS = ("train_step", "test_step")
+
+
+def missing_for_jax_steps(runner, trainer):
+    """What `add_metric` in a JAX step of the user's own needs from the JAX
+    trainer and does not find, or None: the steps it compares with and the
+    functions that make the jitted step that it wraps."""
+    wanted = (*JAX_OWN_STEPS, "make_train_function", "make_test_function")
+    missing = [m for m in wanted if m not in vars(runner)]
+    if "reset_metrics" not in vars(trainer):
+        missing.append(f"{trainer.__name__}.reset_metrics")
+    return f"{runner.__name__} does not define {', '.join(missing)}" if missing else None
+
 
 def backend_trainer(model_module, trainer):
     """The backend's subclass of `trainer` that `keras.Model` runs `fit`,

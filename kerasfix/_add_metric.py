@@ -15,6 +15,15 @@ JAX's compiled step cannot update a variable where the value is made: there
 step (`stateless_compute_loss`), updates the metrics. A forward pass is the
 step's `StatelessScope` that collects losses (no other scope does).
 
+A JAX model whose class writes its own `train_step`, `test_step` or
+`compute_loss` has no such scope kerasfix can count on: the values made
+inside the user's `jax.value_and_grad` leave it only through what the
+user's code returns, and the user's metric loop updates every listed metric
+from `y` and `y_pred`. There each value is sent to the host as the step
+runs (`jax.debug.callback`), whatever calls it, into a mean kept outside
+`model.metrics`; the step's logs get it once the step's callbacks are done,
+and `reset_metrics` clears it.
+
 The metrics belong to the model being trained, listed after its own
 metrics (as Keras 2 listed them), so they are reset each epoch and logged
 as `name` and `val_name`. They are made before the first step is traced,
@@ -39,6 +48,11 @@ _last_result = None  # (result, Metric) of the latest Metric call while running
 _stateful = False  # TensorFlow and torch: metrics update where add_metric is called
 _tie_counts = False  # on TensorFlow: see _ones_after
 _listed = None  # Keras's own `Trainer.metrics` getter
+_host = weakref.WeakKeyDictionary()  # model -> {name: _HostMean}, JAX steps of the user's
+_host_used = False  # whether _host ever held a name: spares every other model its lookup
+_direct = weakref.WeakSet()  # the Means direct calls made in layers
+_jax_steps = None  # (JAX trainer, Trainer): what a model's own step is compared with
+_own_steps = weakref.WeakKeyDictionary()  # model class -> whether it runs its own JAX step
 
 
 class _Pass:
@@ -57,6 +71,49 @@ class _Added:
     def __init__(self, metric, layer):
         self.metric = metric
         self.layer = layer
+
+
+class _HostMean:
+    """One name's running mean on the host, as Keras 2's `Mean` counted it:
+    every element of every value once."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.lock = threading.Lock()  # JAX may run callbacks in its own threads
+        self.total, self.count = 0.0, 0
+
+    def update(self, value):
+        import numpy as np
+
+        value = np.asarray(value)
+        with self.lock:
+            self.total += float(value.sum(dtype="float64"))
+            self.count += value.size
+
+    def reset(self):
+        with self.lock:
+            self.total, self.count = 0.0, 0
+
+    def result(self):
+        import numpy as np
+
+        with self.lock:
+            return np.float32(self.total / self.count if self.count else 0.0)
+
+
+def _runs_own_jax_step(model):
+    """Whether `model` runs a JAX train or test step of the user's, or a
+    `compute_loss` of theirs inside Keras's (see the module's docstring)."""
+    if _jax_steps is None:
+        return False
+    cls = type(model)
+    own = _own_steps.get(cls)
+    if own is None:
+        runner, trainer = _jax_steps
+        own = _own_steps[cls] = any(
+            getattr(cls, name, None) is not getattr(runner, name) for name in _adapters.JAX_OWN_STEPS
+        ) or getattr(cls, "compute_loss", None) is not getattr(trainer, "compute_loss")
+    return own
 
 
 def _current_pass():
@@ -126,6 +183,9 @@ def _add(layer, value, name=None, **kwargs):
 
     if _stateful and getattr(_local, "discovery", None) is None:
         return _add_now(layer, value, name, kwargs)
+    hosting = getattr(_local, "hosting", None)
+    if hosting is not None and getattr(_local, "discovery", None) is None:
+        return _add_to_host(hosting, layer, value, name, kwargs)
     if getattr(_local, "discovery", None) is None and not backend.in_stateless_scope():
         # JAX runs every step of Keras's in a stateless scope.
         return _add_direct(layer, value, name, kwargs)
@@ -136,6 +196,83 @@ def _add(layer, value, name=None, **kwargs):
     metric = result[1] if result is not None and result[0] is value else None
     check_arguments(value, name, kwargs, metric)
     step.records.append((layer, metric.name if metric else name, value, metric))
+
+
+def _add_to_host(model, layer, value, name, kwargs):
+    global _host_used
+    import jax
+
+    known = _last_result
+    if known is not None and known[0] is value:
+        raise ValueError(
+            f"kerasfix cannot log the metric {known[1].name!r} passed to "
+            "`add_metric()` in a JAX step of your model's own (its "
+            "`train_step`, `test_step` or `compute_loss`): no scope carries "
+            "that metric's variables there. Pass the value itself, "
+            "`self.add_metric(value, name=...)`, which kerasfix averages as "
+            "Keras 2's `Mean` did."
+        )
+    check_arguments(value, name, kwargs, None)
+    means = _host.setdefault(model, {})
+    mean = means.get(name)
+    if mean is None:
+        others = [m for m in _listed(model) if m.name == name and m not in _direct]
+        if others:
+            raise _clash(name, len(others) + 1)
+        mean = means[name] = _HostMean(layer)
+        _host_used = True
+    elif mean.layer is not layer:
+        raise _clash(name, 2)
+    jax.debug.callback(mean.update, value)
+
+
+def hosted_names(model):
+    """The names `add_metric` logs for `model` from its own JAX step, which
+    `model.metrics` does not list."""
+    if not _host_used:
+        return ()
+    return tuple(_host.get(model, ()))
+
+
+def _hosted(model, function):
+    """`function`, a jitted JAX step of `model`'s own, with the host's
+    means of its `add_metric` values in its logs."""
+
+    def step(*args, **kwargs):
+        global _last_result
+        _local.hosting = model  # while JAX traces the step
+        try:
+            logs, state = function(*args, **kwargs)
+        finally:
+            _local.hosting, _last_result = None, None  # lets the traced step go
+        means = _host.get(model) if _host_used else None
+        if means and _config.mode is not None:
+            import jax
+
+            jax.effects_barrier()
+            logs = {**logs, **{name: mean.result() for name, mean in means.items()}}
+        return logs, state
+
+    step.kerasfix_hosts = True
+    return step
+
+
+def _make_function(attribute):
+    def wrapper(wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        if _config.mode is not None and _runs_own_jax_step(instance):
+            function = getattr(instance, attribute, None)
+            if function is not None and not getattr(function, "kerasfix_hosts", False):
+                setattr(instance, attribute, _hosted(instance, function))
+        return result
+
+    return wrapper
+
+
+def _reset_metrics(wrapped, instance, args, kwargs):
+    wrapped(*args, **kwargs)
+    for mean in _host.get(instance, {}).values() if _host_used else ():
+        mean.reset()
 
 
 def _add_now(layer, value, name, kwargs):
@@ -166,7 +303,11 @@ def _add_direct(layer, value, name, kwargs):
     name = metric.name if metric else name
     found = _layer_metric(layer, name)
     if found is None:
-        found = metric or _new_mean(name, value)
+        if metric is None:
+            found = _new_mean(name, value)
+            _direct.add(found)
+        else:
+            found = metric
         _adapters.layer_metrics(layer).append(found)
     if metric is None:  # a Metric's own call has updated it already
         _update_mean(found, value)
@@ -195,9 +336,15 @@ def _note_result(wrapped, instance, args, kwargs):
         return wrapped(*args, **kwargs)
     from keras.src import backend, ops
 
+    global _last_result
     discovering = getattr(_local, "discovery", None) is not None
+    if not discovering and getattr(_local, "hosting", None) is not None:
+        # A JAX step of the model's own: no scope carries the Metric's
+        # variables; `add_metric` of this placeholder says so.
+        result = ops.zeros((), dtype=instance.dtype)
+        _last_result = (result, instance)
+        return result
     if not discovering and (_stateful or not backend.in_stateless_scope()):
-        global _last_result
         result = wrapped(*args, **kwargs)
         _last_result = (result, instance)
         return result
@@ -370,6 +517,9 @@ def _trainer_metrics(fget, instance):
     # them; Keras 3.4+ lists a layer's own metrics (of a direct call)
     # itself, and 3.4-3.14 before the compiled metrics.
     metrics = fget(instance)
+    if _direct and _runs_own_jax_step(instance):
+        # The user's JAX step would update it from `y` and `y_pred`.
+        return [m for m in metrics if m not in _direct]
     added = _added.get(instance)
     if not added:
         return metrics
@@ -381,7 +531,7 @@ def _trainer_metrics(fget, instance):
 def _symbolic_build(wrapped, instance, args, kwargs):
     # JAX traces a step with the metric variables that exist before it:
     # call the model symbolically once to meet its add_metric names.
-    if _config.mode is None or instance in _discovered:
+    if _config.mode is None or instance in _discovered or _runs_own_jax_step(instance):
         return wrapped(*args, **kwargs)
     _discovered.add(instance)
 
@@ -432,11 +582,15 @@ def install(trainer, backend, model_module):
     why = _adapters.missing_for_add_metric(layer_module, trainer, backend)
     if why is not None:
         return why
-    global _stateful, _tie_counts, _listed
+    global _stateful, _tie_counts, _listed, _jax_steps
     runner = _adapters.backend_trainer(model_module, trainer)
-    _stateful = backend != "jax"
-    if _stateful and runner is None:
+    if runner is None:
         return f"no subclass of {trainer.__name__} defines {', '.join(_adapters.RUNS)}"
+    _stateful = backend != "jax"
+    if not _stateful:
+        why = _adapters.missing_for_jax_steps(runner, trainer)
+        if why is not None:
+            return why
     _tie_counts = backend == "tensorflow"
     _listed = trainer.metrics.fget  # Keras's own list, before ours is added
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
@@ -449,10 +603,16 @@ def install(trainer, backend, model_module):
     else:
         _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
         _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)
+        _wrapping.wrap_method(trainer, "reset_metrics", _reset_metrics)
+        for kind in ("train", "test"):
+            name = f"make_{kind}_function"
+            _wrapping.wrap_method(runner, name, _make_function(f"{kind}_function"))
+        _jax_steps = (runner, trainer)
     return None
 
 
 def uninstall():
     # A run under way in another thread takes its own model off the stacks.
-    global _last_result
-    _local.step, _last_result = None, None
+    global _last_result, _jax_steps
+    _local.step, _local.hosting, _last_result, _jax_steps = None, None, None, None
+    _own_steps.clear()

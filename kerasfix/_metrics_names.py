@@ -19,13 +19,13 @@ set of metrics; an order is worked out once per set of log keys.
 import itertools
 import weakref
 
-from kerasfix import _adapters, _config, _loss_metrics, _wrapping
+from kerasfix import _adapters, _add_metric, _config, _loss_metrics, _wrapping
 
 _names = weakref.WeakKeyDictionary()  # model -> (its metrics' ids, names)
 _orders = weakref.WeakKeyDictionary()  # model -> (compiled state, {keys: order})
 
 
-def _keras2_names(model, metrics):
+def _keras2_names(model, metrics, hosted):
     compile_metrics = getattr(model, "_compile_metrics", None)
     losses = _loss_metrics.metric_names(model)
     compiled, rest = [], []
@@ -35,17 +35,18 @@ def _keras2_names(model, metrics):
         elif metric.name != "loss" and metric.name not in losses:
             rest.append(metric.name)
     head = ["loss"] if any(m.name == "loss" for m in metrics[:1]) else []
-    return list(dict.fromkeys(head + losses + compiled + rest))
+    return list(dict.fromkeys(head + losses + compiled + rest + list(hosted)))
 
 
 def names(model):
     """Every name the model's results carry, in Keras 2's order."""
     metrics = model.metrics
     compile_metrics = getattr(model, "_compile_metrics", None)
-    key = (tuple(map(id, metrics)), getattr(compile_metrics, "built", None))
+    hosted = _add_metric.hosted_names(model)
+    key = (tuple(map(id, metrics)), getattr(compile_metrics, "built", None), hosted)
     known = _names.get(model)
     if known is None or known[0] != key:
-        known = _names[model] = (key, _keras2_names(model, metrics))
+        known = _names[model] = (key, _keras2_names(model, metrics, hosted))
     return known[1]
 
 
