@@ -145,20 +145,27 @@ def test_each_wrap_step_that_raises_switches_off_its_mechanism_only(
         ("trainer", "_flatten_metrics_in_order", "names and order"),
         ("trainer", "metrics_names", "names and order"),
         ("mean", "update_state", "add_loss"),
+        ("jax trainer", "make_train_function", "add_metric"),
     ],
 )
 def test_a_missing_internal_switches_off_its_mechanism_only(
     patch_supported, monkeypatch, declined, owner, internal, mechanism
 ):
+    import importlib
+
     from keras.src.layers import layer
     from keras.src.metrics import reduction_metrics
 
     if mechanism == "add_loss" and keras.config.backend() == "jax":
         pytest.skip("JAX rules the add_loss mechanism out: it needs nothing there")
+    if owner == "jax trainer" and keras.config.backend() != "jax":
+        pytest.skip("add_metric looks for the JAX trainer's step functions on JAX only")
+    base = _adapters.base_trainer(trainer_module)
     cls = {
         "layer": layer.Layer,
         "mean": reduction_metrics.Mean,
-        "trainer": _adapters.base_trainer(trainer_module),
+        "trainer": base,
+        "jax trainer": _adapters.backend_trainer(importlib.import_module(_adapters.MODEL), base),
     }[owner]
     monkeypatch.delattr(cls, internal)
     said, status = declined()
