@@ -358,8 +358,7 @@ def missing_for_jax_steps(runner, trainer):
     functions that make the jitted step that it wraps."""
     wanted = (*JAX_OWN_STEPS, "make_train_function", "make_test_function")
     missing = [m for m in wanted if m not in vars(runner)]
-    if "reset_metrics" not in vars(trainer):
-        missing.append(f"{trainer.__name__}.reset_metrics")
+    missing += [f"{trainer.__name__}.{m}" for m in ("reset_metrics", "get_metrics_result") if m not in vars(trainer)]
     return f"{runner.__name__} does not define {', '.join(missing)}" if missing else None
 
 

@@ -269,6 +269,20 @@ def _make_function(attribute):
     return wrapper
 
 
+def _metrics_result(wrapped, instance, args, kwargs):
+    # Keras 3.2 logs each epoch, and every release `evaluate`'s result,
+    # from the model's metrics, not from the last step's logs. Inside a
+    # hosted step JAX is tracing it: the step's wrapper adds the values.
+    result = wrapped(*args, **kwargs)
+    means = _host.get(instance) if _host_used else None
+    if not means or _config.mode is None or getattr(_local, "hosting", None) is not None:
+        return result
+    import jax
+
+    jax.effects_barrier()
+    return {**result, **{name: mean.result() for name, mean in means.items()}}
+
+
 def _reset_metrics(wrapped, instance, args, kwargs):
     wrapped(*args, **kwargs)
     for mean in _host.get(instance, {}).values() if _host_used else ():
@@ -604,6 +618,7 @@ def install(trainer, backend, model_module):
         _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
         _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)
         _wrapping.wrap_method(trainer, "reset_metrics", _reset_metrics)
+        _wrapping.wrap_method(trainer, "get_metrics_result", _metrics_result)
         for kind in ("train", "test"):
             name = f"make_{kind}_function"
             _wrapping.wrap_method(runner, name, _make_function(f"{kind}_function"))
