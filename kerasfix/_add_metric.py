@@ -245,13 +245,7 @@ def _hosted(model, function):
             logs, state = function(*args, **kwargs)
         finally:
             _local.hosting, _last_result = None, None  # lets the traced step go
-        means = _host.get(model) if _host_used else None
-        if means and _config.mode is not None:
-            import jax
-
-            jax.effects_barrier()
-            logs = {**logs, **{name: mean.result() for name, mean in means.items()}}
-        return logs, state
+        return _with_host_means(model, logs), state
 
     step.kerasfix_hosts = True
     return step
@@ -274,13 +268,21 @@ def _metrics_result(wrapped, instance, args, kwargs):
     # from the model's metrics, not from the last step's logs. Inside a
     # hosted step JAX is tracing it: the step's wrapper adds the values.
     result = wrapped(*args, **kwargs)
-    means = _host.get(instance) if _host_used else None
-    if not means or _config.mode is None or getattr(_local, "hosting", None) is not None:
+    if getattr(_local, "hosting", None) is not None:
         return result
+    return _with_host_means(instance, result)
+
+
+def _with_host_means(model, logs):
+    """`logs` and, last, the host's means of `model`, once every callback
+    JAX has queued has run."""
+    means = _host.get(model) if _host_used else None
+    if not means or _config.mode is None:
+        return logs
     import jax
 
     jax.effects_barrier()
-    return {**result, **{name: mean.result() for name, mean in means.items()}}
+    return {**logs, **{name: mean.result() for name, mean in means.items()}}
 
 
 def _reset_metrics(wrapped, instance, args, kwargs):
