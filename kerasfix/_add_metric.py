@@ -33,26 +33,25 @@ step calls) is made at its first update, on TensorFlow and torch.
 """
 
 import threading
-import weakref
 
-from kerasfix import _adapters, _config, _symbolic, _wrapping
+from kerasfix import _adapters, _config, _ids, _symbolic, _wrapping
 
 # .step: _Pass of JAX's forward pass running; .discovery; .running: the
 # models whose fit/evaluate/train_on_batch/test_on_batch runs in this
 # thread (None for predict), innermost last
 _local = threading.local()
-_added = weakref.WeakKeyDictionary()  # model -> {name: _Added}
-_discovered = weakref.WeakSet()  # models already called symbolically
+_added = _ids.ById()  # model -> {name: _Added}
+_discovered = _ids.ById()  # models already called symbolically -> True
 _running_anywhere = []  # every thread's .running, for tf.distribute's replica threads
 _last_result = None  # (result, Metric) of the latest Metric call while running
 _stateful = False  # TensorFlow and torch: metrics update where add_metric is called
 _tie_counts = False  # on TensorFlow: see _ones_after
 _listed = None  # Keras's own `Trainer.metrics` getter
-_host = weakref.WeakKeyDictionary()  # model -> {name: _HostMean}, JAX steps of the user's
-_host_used = False  # whether _host ever held a name: spares every other model its lookup
-_direct = weakref.WeakSet()  # the Means direct calls made in layers
+_host = _ids.ById()  # model -> {name: _HostMean}, JAX steps of the user's
+_direct = _ids.ById()  # the Means direct calls made in layers -> True
 _jax_steps = None  # (JAX trainer, Trainer): what a model's own step is compared with
-_own_steps = weakref.WeakKeyDictionary()  # model class -> whether it runs its own JAX step
+_later = {}  # what is wrapped once first needed: {"listing"/"hosting": patches}
+_own_steps = _ids.ById()  # model class -> whether it runs its own JAX step
 
 
 class _Pass:
@@ -107,12 +106,12 @@ def _runs_own_jax_step(model):
     if _jax_steps is None:
         return False
     cls = type(model)
-    own = _own_steps.get(cls)
+    own = _own_steps.get(id(cls))
     if own is None:
         runner, trainer = _jax_steps
-        own = _own_steps[cls] = any(
+        own = _own_steps.put(cls, any(
             getattr(cls, name, None) is not getattr(runner, name) for name in _adapters.JAX_OWN_STEPS
-        ) or getattr(cls, "compute_loss", None) is not getattr(trainer, "compute_loss")
+        ) or getattr(cls, "compute_loss", None) is not getattr(trainer, "compute_loss"))
     return own
 
 
@@ -199,7 +198,6 @@ def _add(layer, value, name=None, **kwargs):
 
 
 def _add_to_host(model, layer, value, name, kwargs):
-    global _host_used
     import jax
 
     known = _last_result
@@ -213,14 +211,15 @@ def _add_to_host(model, layer, value, name, kwargs):
             "Keras 2's `Mean` did."
         )
     check_arguments(value, name, kwargs, None)
-    means = _host.setdefault(model, {})
+    means = _host.get(id(model))
+    if means is None:
+        means = _host.put(model, {})
     mean = means.get(name)
     if mean is None:
-        others = [m for m in _listed(model) if m.name == name and m not in _direct]
+        others = [m for m in _listed(model) if m.name == name and id(m) not in _direct]
         if others:
             raise _clash(name, len(others) + 1)
         mean = means[name] = _HostMean(layer)
-        _host_used = True
     elif mean.layer is not layer:
         raise _clash(name, 2)
     jax.debug.callback(mean.update, value)
@@ -229,9 +228,7 @@ def _add_to_host(model, layer, value, name, kwargs):
 def hosted_names(model):
     """The names `add_metric` logs for `model` from its own JAX step, which
     `model.metrics` does not list."""
-    if not _host_used:
-        return ()
-    return tuple(_host.get(model, ()))
+    return tuple(_host.get(id(model), ())) if _host else ()
 
 
 def _hosted(model, function):
@@ -276,7 +273,7 @@ def _metrics_result(wrapped, instance, args, kwargs):
 def _with_host_means(model, logs):
     """`logs` and, last, the host's means of `model`, once every callback
     JAX has queued has run."""
-    means = _host.get(model) if _host_used else None
+    means = _host.get(id(model)) if _host else None
     if not means or _config.mode is None:
         return logs
     import jax
@@ -287,7 +284,7 @@ def _with_host_means(model, logs):
 
 def _reset_metrics(wrapped, instance, args, kwargs):
     wrapped(*args, **kwargs)
-    for mean in _host.get(instance, {}).values() if _host_used else ():
+    for mean in _host.get(id(instance), {}).values() if _host else ():
         mean.reset()
 
 
@@ -321,7 +318,8 @@ def _add_direct(layer, value, name, kwargs):
     if found is None:
         if metric is None:
             found = _new_mean(name, value)
-            _direct.add(found)
+            _direct.put(found, True)
+            _wrap_later("listing")
         else:
             found = metric
         _adapters.layer_metrics(layer).append(found)
@@ -394,7 +392,9 @@ def _clash(name, count):
 
 def _metric_for(model, layer, name, value, metric):
     """The metric `name` stands for in `model`, made on first sight."""
-    added = _added.setdefault(model, {})
+    added = _added.get(id(model))
+    if added is None:
+        added = _added.put(model, {})
     known = added.get(name)
     if known is not None:
         if known.layer is not layer or (metric is not None and known.metric is not metric):
@@ -421,6 +421,7 @@ def _metric_for(model, layer, name, value, metric):
             )
         metric = _new_mean(name, value)
     added[name] = _Added(metric, layer)
+    _wrap_later("listing")
     return metric
 
 
@@ -535,8 +536,8 @@ def _trainer_metrics(fget, instance):
     metrics = fget(instance)
     if _direct and _runs_own_jax_step(instance):
         # The user's JAX step would update it from `y` and `y_pred`.
-        return [m for m in metrics if m not in _direct]
-    added = _added.get(instance)
+        return [m for m in metrics if id(m) not in _direct]
+    added = _added.get(id(instance))
     if not added:
         return metrics
     last = [a.metric for a in added.values()]
@@ -547,9 +548,12 @@ def _trainer_metrics(fget, instance):
 def _symbolic_build(wrapped, instance, args, kwargs):
     # JAX traces a step with the metric variables that exist before it:
     # call the model symbolically once to meet its add_metric names.
-    if _config.mode is None or instance in _discovered or _runs_own_jax_step(instance):
+    if _config.mode is None or id(instance) in _discovered:
         return wrapped(*args, **kwargs)
-    _discovered.add(instance)
+    if _runs_own_jax_step(instance):
+        _wrap_later("hosting")
+        return wrapped(*args, **kwargs)
+    _discovered.put(instance, True)
 
     def bind(iterator=None, data_batch=None):
         return iterator, data_batch
@@ -567,7 +571,7 @@ def _symbolic_build(wrapped, instance, args, kwargs):
 def rediscover(model):
     """Calls `model` symbolically again before its next step: its graph
     has changed."""
-    _discovered.discard(model)
+    _discovered.pop(id(model), None)
 
 
 def _discover(model, batch):
@@ -609,23 +613,40 @@ def install(trainer, backend, model_module):
             return why
     _tie_counts = backend == "tensorflow"
     _listed = trainer.metrics.fget  # Keras's own list, before ours is added
+    # Every `train_on_batch` reads `model.metrics` three times and resets
+    # them once: the wrappers only some models need (a metric of
+    # add_metric's, a JAX step of the model's own) go in when first needed.
+    later = {"listing": [(_wrapping.wrap_property, trainer, "metrics", _trainer_metrics)]}
+    if not _stateful:
+        later["hosting"] = [
+            (_wrapping.wrap_method, trainer, "reset_metrics", _reset_metrics),
+            (_wrapping.wrap_method, trainer, "get_metrics_result", _metrics_result),
+        ] + [
+            (_wrapping.wrap_method, runner, f"make_{kind}_function", _make_function(f"{kind}_function"))
+            for kind in ("train", "test")
+        ]
+        for _, owner, name, _ in later["hosting"]:
+            _wrapping.function_of(owner, name)  # fails here, not in a user's step
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
     _wrapping.wrap_method(metric_module.Metric, "__call__", _note_result)
     _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build)
-    _wrapping.wrap_property(trainer, "metrics", _trainer_metrics)
     if _stateful:
         for name in _adapters.RUNS:
             _wrapping.wrap_method(runner, name, _run(predicts=name.startswith("predict")))
     else:
         _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
         _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)
-        _wrapping.wrap_method(trainer, "reset_metrics", _reset_metrics)
-        _wrapping.wrap_method(trainer, "get_metrics_result", _metrics_result)
-        for kind in ("train", "test"):
-            name = f"make_{kind}_function"
-            _wrapping.wrap_method(runner, name, _make_function(f"{kind}_function"))
         _jax_steps = (runner, trainer)
+    _later.update(later)
     return None
+
+
+def _wrap_later(need):
+    """Wraps, once, what `need` ("listing" or "hosting") waits for."""
+    if need in _later:
+        with _config.lock:
+            for wrap, owner, name, wrapper in _later.pop(need, ()):
+                wrap(owner, name, wrapper)
 
 
 def uninstall():
@@ -633,3 +654,4 @@ def uninstall():
     global _last_result, _jax_steps
     _local.step, _local.hosting, _last_result, _jax_steps = None, None, None, None
     _own_steps.clear()
+    _later.clear()

@@ -22,9 +22,9 @@ import weakref
 
 import wrapt
 
-from kerasfix import _adapters, _config, _names, _symbolic, _wrapping
+from kerasfix import _adapters, _config, _ids, _names, _symbolic, _wrapping
 
-_tracked = weakref.WeakKeyDictionary()  # CompileLoss -> _Tracked
+_tracked = _ids.ById()  # CompileLoss -> _Tracked
 # Per thread: `calls`, {_Tracked: records of its call under way}, and
 # `scaling`, how often Keras's scale_loss_for_distribution ran.
 _local = threading.local()
@@ -38,8 +38,9 @@ class _Tracked:
     leaves a step that is already running without one.
     """
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, compile_loss):
         self.adapter = adapter
+        self.compile_loss = weakref.ref(compile_loss)  # to give its losses back
         self.metrics = None  # one Mean (or None) per loss entry, once named
         self.counted = False  # whether any is a Mean; set before `metrics`
         # Two calls at once update the metrics in turn: a Mean's update
@@ -226,7 +227,7 @@ def _in_tf_replicas():
 
 def _built_before_enable(compile_loss):
     """True (and says so once) for a loss built while kerasfix was off."""
-    if compile_loss in _tracked or not compile_loss.built:
+    if id(compile_loss) in _tracked or not compile_loss.built:
         return False
     _config.warn_once(
         "kerasfix was enabled after this model's loss was built; the model "
@@ -237,16 +238,16 @@ def _built_before_enable(compile_loss):
 
 def _track(compile_loss):
     """The `_Tracked` of a CompileLoss, made on first use; under the lock."""
-    tracked = _tracked.get(compile_loss)
+    tracked = _tracked.get(id(compile_loss))
     if tracked is None:
-        tracked = _tracked[compile_loss] = _Tracked(_adapter)
+        tracked = _tracked.put(compile_loss, _Tracked(_adapter, compile_loss))
     return tracked
 
 
 def _call(wrapped, instance, args, kwargs):
     # Without the lock once tracked: a `_Tracked` keeps its own adapter.
     mode = _config.mode
-    tracked = _tracked.get(instance) if mode is not None else None
+    tracked = _tracked.get(id(instance)) if mode is not None else None
     if tracked is None:
         with _config.lock:  # mode and adapter as one enable() left them
             mode = _config.mode
@@ -297,7 +298,7 @@ def _metrics_of(compile_loss, tracked=None):
     Read many times in every step: no lock, as reading `_tracked` and a
     `_Tracked`'s `metrics`, set whole once, is atomic."""
     if tracked is None:
-        tracked = _tracked.get(compile_loss)
+        tracked = _tracked.get(id(compile_loss))
     if tracked is None:
         _built_before_enable(compile_loss)
         return []
@@ -308,14 +309,14 @@ def metric_names(model):
     """The names of the per-output loss metrics kerasfix made for `model`
     (without `val_`); empty where it made none."""
     compile_loss = getattr(model, "_compile_loss", None)
-    tracked = _tracked.get(compile_loss) if compile_loss is not None else None
+    tracked = _tracked.get(id(compile_loss)) if compile_loss is not None else None
     if tracked is None or tracked.metrics is None:
         return []
     return [m.name for m in tracked.metrics if m is not None]
 
 
 def _compile_loss_metrics(fget, instance):
-    tracked = _tracked.get(instance)
+    tracked = _tracked.get(id(instance))
     if tracked is None:
         _built_before_enable(instance)
         return fget(instance)
@@ -396,7 +397,10 @@ def uninstall():
     """Gives every CompileLoss kerasfix built its own loss functions back."""
     global _adapter
     _adapter = None
-    for compile_loss, tracked in list(_tracked.items()):
+    for tracked in list(_tracked.values()):
+        compile_loss = tracked.compile_loss()
+        if compile_loss is None:
+            continue
         _swap_loss_fns(
             compile_loss,
             tracked.adapter,

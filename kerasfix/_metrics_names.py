@@ -17,12 +17,11 @@ set of metrics; an order is worked out once per set of log keys.
 """
 
 import itertools
-import weakref
 
-from kerasfix import _adapters, _add_metric, _config, _loss_metrics, _wrapping
+from kerasfix import _adapters, _add_metric, _config, _ids, _loss_metrics, _wrapping
 
-_names = weakref.WeakKeyDictionary()  # model -> (its metrics' ids, names)
-_orders = weakref.WeakKeyDictionary()  # model -> (compiled state, {keys: order})
+_names = _ids.ById()  # model -> (its metrics' ids, names)
+_orders = _ids.ById()  # model -> (compiled state, {keys: order})
 
 
 def _keras2_names(model, metrics, hosted):
@@ -44,9 +43,9 @@ def names(model):
     compile_metrics = getattr(model, "_compile_metrics", None)
     hosted = _add_metric.hosted_names(model)
     key = (tuple(map(id, metrics)), getattr(compile_metrics, "built", None), hosted)
-    known = _names.get(model)
+    known = _names.get(id(model))
     if known is None or known[0] != key:
-        known = _names[model] = (key, _keras2_names(model, metrics, hosted))
+        known = _names.put(model, (key, _keras2_names(model, metrics, hosted)))
     return known[1]
 
 
@@ -57,9 +56,9 @@ def ordered(model, keys):
     # (a metric made later, add_metric's), so `model.metrics` is not walked
     # for each batch's logs.
     state = (getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None))
-    known = _orders.get(model)
+    known = _orders.get(id(model))
     if known is None or known[0][0] is not state[0] or known[0][1] is not state[1]:
-        known = _orders[model] = (state, {})
+        known = _orders.put(model, (state, {}))
     order = known[1].get(keys)
     if order is None:
         rank = {name: i for i, name in enumerate(names(model))}

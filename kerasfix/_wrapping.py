@@ -19,15 +19,22 @@ import types
 _patches = []  # (owner, attribute, original or None, replacement)
 
 
-def wrap_method(owner, name, wrapper):
-    """`wrapper(wrapped, instance, args, kwargs)` around `owner.name`, a
-    function of a class or a module."""
+def function_of(owner, name):
+    """`owner.name`, a plain function, as `wrap_method` wraps it; else an
+    error naming it (KeyError if missing)."""
     original = vars(owner)[name]
     if not isinstance(original, types.FunctionType):
         raise TypeError(
             f"{getattr(owner, '__name__', owner)}.{name} is a "
             f"{type(original).__name__}, not the function kerasfix wraps"
         )
+    return original
+
+
+def wrap_method(owner, name, wrapper):
+    """`wrapper(wrapped, instance, args, kwargs)` around `owner.name`, a
+    function of a class or a module."""
+    original = function_of(owner, name)
     if isinstance(owner, type):
 
         @functools.wraps(original)
