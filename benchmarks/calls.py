@@ -1,6 +1,6 @@
 """What kerasfix costs each call a user makes, measured; prints figures and goals.
 
-    KERAS_BACKEND=jax python benchmarks/calls.py [--pairs 40] [--json]
+    KERAS_BACKEND=jax python benchmarks/calls.py [--pairs 200] [--processes 4] [--json]
 
 Two processes run side by side, this script again with `--child`: one with
 `KERASFIX=1` (kerasfix on, as its `.pth` line turns it on), one with
@@ -11,7 +11,10 @@ works, in an order that flips each turn: this host's speed drifts by tens
 of per cent within seconds, and only turns a few milliseconds apart meet
 the same drift. Each pair of turns gives one ratio; the table gives the
 median of those ratios (`--pairs` of them), their quartiles, and each
-arm's median time.
+arm's median time. The pairs of turns are shared out among `--processes`
+pairs of processes, started one pair after another: with kerasfix in
+neither arm, one pair of processes gave ratios of 0.99-1.02 per row, a
+difference a pair keeps for its life and would carry into every ratio.
 
 Each process builds two small models (Dense 16, batch 32, so the per-call
 overhead shows): one output (`loss="mse"`, `metrics=["mae"]`) and two
@@ -210,34 +213,41 @@ class Arm:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="kerasfix per-call overhead")
-    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=4,
+                        help="pairs of processes, one after another, sharing the pairs of turns")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child()
 
-    arms = {name: Arm(name) for name in ("kerasfix", "none")}
-    infos = {name: json.loads(arm.read()) for name, arm in arms.items()}
-    for name, info in infos.items():
-        if (info["kerasfix"] == "patched") != (name == "kerasfix"):
-            # The .pth line only reports a kerasfix that fails to import.
-            sys.exit(f"kerasfix is {info['kerasfix']!r} in the {name} process")
-    info = infos["kerasfix"]
-    number = infos["none"]["number"]
-    times = {name: {m: [] for m in info["measures"]} for name in arms}
-    for pair in range(args.pairs):
-        for measure in info["measures"]:
-            order = list(arms) if pair % 2 == 0 else list(arms)[::-1]
-            for name in order:
-                times[name][measure].append(arms[name].ask(measure, number.get(measure, 1)))
-        if (pair + 1) % 10 == 0:
-            print(f"pair {pair + 1}/{args.pairs}", file=sys.stderr)
-    # cProfile's cost swamps a read of microseconds: no figure for those.
-    own = {measure: statistics.median(
-        arms["kerasfix"].ask(measure, number.get(measure, 1), "own") for _ in range(5))
-        for measure in info["measures"] if not measure.endswith(("metrics_names", "reference"))}
-    stderr = {name: arm.close() for name, arm in arms.items()}
+    times, number, stderr = None, None, {}
+    for run in range(args.processes):
+        arms = {name: Arm(name) for name in ("kerasfix", "none")}
+        infos = {name: json.loads(arm.read()) for name, arm in arms.items()}
+        for name, info in infos.items():
+            if (info["kerasfix"] == "patched") != (name == "kerasfix"):
+                # The .pth line only reports a kerasfix that fails to import.
+                sys.exit(f"kerasfix is {info['kerasfix']!r} in the {name} process")
+        info = infos["kerasfix"]
+        if times is None:
+            number = infos["none"]["number"]
+            times = {name: {m: [] for m in info["measures"]} for name in arms}
+        for pair in range(run * args.pairs // args.processes, (run + 1) * args.pairs // args.processes):
+            for measure in info["measures"]:
+                order = list(arms) if pair % 2 == 0 else list(arms)[::-1]
+                for name in order:
+                    times[name][measure].append(arms[name].ask(measure, number.get(measure, 1)))
+            if (pair + 1) % 10 == 0:
+                print(f"pair {pair + 1}/{args.pairs}", file=sys.stderr)
+        if run == args.processes - 1:
+            # cProfile's cost swamps a read of microseconds: no figure for those.
+            own = {measure: statistics.median(
+                arms["kerasfix"].ask(measure, number.get(measure, 1), "own") for _ in range(5))
+                for measure in info["measures"] if not measure.endswith(("metrics_names", "reference"))}
+        for name, arm in arms.items():
+            stderr.setdefault(name, []).extend(arm.close())
     backend = info["backend"]
     limit = 1.05 if backend == "torch" else 1.02
 
@@ -268,6 +278,7 @@ def main(argv=None):
         "keras": info["keras"],
         "backend": backend,
         "pairs": args.pairs,
+        "processes": args.processes,
         "kerasfix in each arm": {name: i["kerasfix"] for name, i in infos.items()},
         "kerasfix measured": info["kerasfix_file"],
         "rows": rows,
@@ -280,7 +291,8 @@ def main(argv=None):
     def fmt(s):
         return f"{s * 1e3:.3f} ms" if s >= 1e-4 else f"{s * 1e6:.2f} µs"
 
-    print(f"{report['machine']}, Keras {info['keras']}, {backend}, {args.pairs} pairs of turns; "
+    print(f"{report['machine']}, Keras {info['keras']}, {backend}, {args.pairs} pairs of turns "
+          f"in {args.processes} pairs of processes; "
           f"kerasfix: {report['kerasfix in each arm']}, {info['kerasfix_file']}\n")
     # Baseline: Keras without kerasfix, or in the reference rows
     # `[m.name for m in model.metrics]` in the kerasfix process.

@@ -251,8 +251,9 @@ def callback_model(callback):
     `Callback.model`, which on JAX syncs every variable back to the model
     (3.15+) and would do so for each batch's logs."""
     model = vars(callback).get("_model")
-    if model is not None and not hasattr(model, "_compile_metrics"):
-        model = getattr(model, "module", None)  # torch DDP wraps the model
+    if hasattr(model, "_compile_metrics"):
+        return model
+    model = getattr(model, "module", None)  # torch DDP wraps the model
     return model if hasattr(model, "_compile_metrics") else None
 
 

@@ -19,6 +19,6 @@ class ById(dict):
         """`value`, kept for `obj` while `obj` lives."""
         key = id(obj)
         if key not in self:
-            weakref.finalize(obj, self.pop, key, None)
+            weakref.finalize(obj, self.pop, key, None).atexit = False
         self[key] = value
         return value

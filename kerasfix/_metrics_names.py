@@ -21,7 +21,7 @@ import itertools
 from kerasfix import _adapters, _add_metric, _config, _ids, _loss_metrics, _wrapping
 
 _names = _ids.ById()  # model -> (its metrics' ids, names)
-_orders = _ids.ById()  # model -> (compiled state, {keys: order})
+_orders = _ids.ById()  # model -> (compile_metrics, compile_loss, {keys: order})
 
 
 def _keras2_names(model, metrics, hosted):
@@ -50,16 +50,16 @@ def names(model):
 
 
 def ordered(model, keys):
-    """`keys` (of the model's logs) in Keras 2's order, as a tuple."""
-    keys = tuple(keys)
+    """`keys` (a tuple, of the model's logs) in Keras 2's order, as a tuple."""
     # Names change only with the compiled state or with the keys themselves
     # (a metric made later, add_metric's), so `model.metrics` is not walked
     # for each batch's logs.
-    state = (getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None))
+    compile_metrics = getattr(model, "_compile_metrics", None)
+    compile_loss = getattr(model, "_compile_loss", None)
     known = _orders.get(id(model))
-    if known is None or known[0][0] is not state[0] or known[0][1] is not state[1]:
-        known = _orders.put(model, (state, {}))
-    order = known[1].get(keys)
+    if known is None or known[0] is not compile_metrics or known[1] is not compile_loss:
+        known = _orders.put(model, (compile_metrics, compile_loss, {}))
+    order = known[2].get(keys)
     if order is None:
         rank = {name: i for i, name in enumerate(names(model))}
 
@@ -70,7 +70,7 @@ def ordered(model, keys):
                 return (1, rank[key[4:]], "")
             return (2, 0, str(key))
 
-        order = known[1][keys] = tuple(sorted(keys, key=place))
+        order = known[2][keys] = tuple(sorted(keys, key=place))
     return order
 
 
@@ -100,7 +100,8 @@ def _in_order(model, logs):
         logs = _flattened(logs)
     keys = tuple(logs)
     order = ordered(model, keys)
-    return logs if order == keys else {key: logs[key] for key in order}
+    # No Python frame per key: this runs for every batch's logs.
+    return logs if order == keys else dict(zip(order, map(logs.__getitem__, order)))
 
 
 def _metrics_names(fget, instance):
@@ -115,7 +116,7 @@ def _flatten_metrics_in_order(wrapped, instance, args, kwargs):
         return wrapped(*args, **kwargs)
     if _nested(logs):
         logs = _flattened(logs)
-    results = [logs[name] for name in ordered(instance, logs)]
+    results = [logs[name] for name in ordered(instance, tuple(logs))]
     return results[0] if len(results) == 1 else results
 
 
@@ -128,7 +129,7 @@ def _keep_order(wrapped, instance, args, kwargs):
         return result
     if result.keys() != logs.keys():
         return result  # nested dicts were flattened: Keras's own order
-    return {key: result[key] for key in logs}
+    return dict(zip(logs, map(result.__getitem__, logs)))
 
 
 def _dict_result(wrapped, instance, args, kwargs):

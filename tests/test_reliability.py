@@ -458,3 +458,21 @@ def test_hostile_input_changes_nothing_but_the_metrics(patched, case):
             for mine, raw in zip(sorted(ours["per_output"], key=by_value),
                                  sorted(ours["raw"], key=by_value)):
                 assert same(mine, raw)
+
+
+def test_state_kept_by_id_goes_with_its_object():
+    # kerasfix's per-model state is keyed by id(): an entry left behind
+    # would hand a dead model's state to a new object given its id.
+    import gc
+
+    from kerasfix._ids import ById
+
+    class Model:
+        pass
+
+    state, model = ById(), Model()
+    state.put(model, "first")
+    assert state.put(model, "second") == "second" and state.get(id(model)) == "second"
+    del model
+    gc.collect()
+    assert len(state) == 0
