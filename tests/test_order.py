@@ -1,6 +1,8 @@
 """Keras 2's order everywhere: list results, `metrics_names`, dict results,
 `History` and callbacks' logs, checked against tf-keras (Keras 2)."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -242,6 +244,30 @@ def test_results_and_logs_equal_tf_keras(patched, setup):
     for (event, our_logs), (_, their_logs) in zip(ours["logs"], theirs["logs"]):
         assert_same_order(our_logs, their_logs, event)
         assert_same_values(our_logs.values(), their_logs.values(), list(their_logs), event)
+
+
+def test_batch_logs_follow_keras2_order_when_keras_runs_callbacks_in_threads(patched):
+    # Keras 3.6+ runs the batch-end hooks in a thread pool when every callback
+    # says it is `async_safe`: the order is put back there too.
+    seen = []
+
+    class Threaded(keras.callbacks.Callback):
+        async_safe = True
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((threading.current_thread() is threading.main_thread(), list(logs)))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.on_train_batch_end(batch, logs)
+
+    callback = Threaded()
+    model = build(keras, "metrics_and_weighted_metrics")
+    in_threads = getattr(keras.callbacks.CallbackList([callback], model=model), "_async_train", False)
+    model.fit(X, YS, validation_data=(X, YS), epochs=1, batch_size=BATCH, verbose=0,
+              callbacks=[callback])
+    assert len(seen) == 4
+    assert [keys for _, keys in seen] == [model.metrics_names] * 4
+    assert any(not main for main, _ in seen) == in_threads
 
 
 def test_keras_own_order_without_kerasfix(patch_supported):
