@@ -9,7 +9,6 @@ while `import keras` is still under way.
 import collections
 import importlib
 import inspect
-import sys
 
 COMPILE_UTILS = "keras.src.trainers.compile_utils"
 TRAINER = "keras.src.trainers.trainer"
@@ -256,27 +255,6 @@ def callback_model(callback):
         return model
     model = getattr(model, "module", None)  # torch DDP wraps the model
     return model if hasattr(model, "_compile_metrics") else None
-
-
-def logs_model(sorter_self):
-    """The model whose logs a sorter (`log_sorters`) is turning into numbers,
-    or None. `Trainer._pythonify_logs` (3.0-3.6) runs on the model and
-    `CallbackList._pythonify_logs` (3.6) on a CallbackList; 3.7's module
-    function `pythonify_logs` is called by the CallbackList's hooks, so its
-    model is that of the nearest caller outside kerasfix that runs on a
-    CallbackList (a nested dict's own call, from `pythonify_logs`, has none)."""
-    if sorter_self is None:
-        # Frames 1 and 2 are kerasfix's wrapper and the replacement that calls
-        # it (`_wrapping`); starting past them saves a Python loop per batch.
-        frame = sys._getframe(3)
-        while frame is not None and frame.f_globals.get("__name__", "").startswith("kerasfix."):
-            frame = frame.f_back
-        sorter_self = frame and frame.f_locals.get("self")
-    if hasattr(sorter_self, "_compile_metrics"):
-        return sorter_self
-    if "_model" in getattr(sorter_self, "__dict__", ()):
-        return callback_model(sorter_self)
-    return None
 
 
 def missing_for_compile_forms(compile_utils, trainer):

@@ -98,14 +98,10 @@ def _in_order(model, logs):
         return logs
     if _nested(logs):
         logs = _flattened(logs)
-    return _flat_in_order(model, logs)
-
-
-def _flat_in_order(model, logs):
     keys = tuple(logs)
     order = ordered(model, keys)
-    # A comprehension is the quickest rebuild for a few keys or for many
-    # (Python 3.11): this runs for every batch's logs.
+    # A comprehension is the quickest rebuild in Python 3.11, for a few keys
+    # or for many: this runs for every batch's logs.
     return logs if order == keys else {key: logs[key] for key in order}
 
 
@@ -125,15 +121,16 @@ def _flatten_metrics_in_order(wrapped, instance, args, kwargs):
     return results[0] if len(results) == 1 else results
 
 
-def _sorted_in_order(wrapped, instance, args, kwargs):
-    # Keras sorts the keys as it turns logs into numbers, the last thing
-    # before the callbacks see each batch's logs: the order is put back there,
-    # once, for the model whose logs they are.
+def _keep_order(wrapped, instance, args, kwargs):
+    # Keras sorts the keys as it turns logs into numbers, after kerasfix
+    # put them in order for the callbacks.
+    logs = args[0] if args else kwargs.get("logs")
     result = wrapped(*args, **kwargs)
-    if _config.mode is None or not isinstance(result, dict) or len(result) < 2:
+    if _config.mode is None or not isinstance(logs, dict) or not isinstance(result, dict):
         return result
-    model = _adapters.logs_model(instance)
-    return result if model is None else _flat_in_order(model, result)
+    if result.keys() != logs.keys():
+        return result  # nested dicts were flattened: Keras's own order
+    return {key: result[key] for key in logs}
 
 
 def _dict_result(wrapped, instance, args, kwargs):
@@ -150,9 +147,10 @@ def _logs_in_order(wrapped, instance, args, kwargs):
     return wrapped(*args, **kwargs)
 
 
-# Each batch's logs pass a sorter (`_sorted_in_order`); these hooks' logs
-# are put together by the trainer in releases where no sorter comes after.
 _LOG_HOOKS = (
+    "on_train_batch_end",
+    "on_test_batch_end",
+    "on_batch_end",
     "on_epoch_end",
     "on_test_end",
     "on_train_end",
@@ -174,7 +172,7 @@ def install(compile_utils, trainer, callbacks_module, model_module):
     for hook in _LOG_HOOKS:
         _wrapping.wrap_method(callback_list, hook, _logs_in_order)
     for sorter, name in _adapters.log_sorters(trainer, callback_list):
-        _wrapping.wrap_method(sorter, name, _sorted_in_order)
+        _wrapping.wrap_method(sorter, name, _keep_order)
     for method in ("evaluate", "train_on_batch", "test_on_batch"):
         _wrapping.wrap_method(owner, method, _dict_result)
     return None

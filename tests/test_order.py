@@ -248,7 +248,7 @@ def test_results_and_logs_equal_tf_keras(patched, setup):
 
 def test_batch_logs_follow_keras2_order_when_keras_runs_callbacks_in_threads(patched):
     # Keras 3.6+ runs the batch-end hooks in a thread pool when every callback
-    # says it is `async_safe`: the order is put back there too.
+    # says it is `async_safe`: the logs it hands them are in order too.
     seen = []
 
     class Threaded(keras.callbacks.Callback):
