@@ -1,6 +1,6 @@
 """What kerasfix costs each call a user makes, measured; prints figures and goals.
 
-    KERAS_BACKEND=jax python benchmarks/calls.py [--pairs 200] [--processes 4] [--json]
+    KERAS_BACKEND=jax python benchmarks/calls.py [--pairs 200] [--processes 8] [--control] [--json]
 
 Two processes run side by side, this script again with `--child`: one with
 `KERASFIX=1` (kerasfix on, as its `.pth` line turns it on), one with
@@ -15,6 +15,9 @@ arm's median time. The pairs of turns are shared out among `--processes`
 pairs of processes, started one pair after another: with kerasfix in
 neither arm, one pair of processes gave ratios of 0.99-1.02 per row, a
 difference a pair keeps for its life and would carry into every ratio.
+`--control` runs just that, kerasfix in neither arm (the "kerasfix"
+column is then a second Keras alone): how far from 1 this harness reads
+where there is no difference, on this host, that day.
 
 Each process builds two small models (Dense 16, batch 32, so the per-call
 overhead shows): one output (`loss="mse"`, `metrics=["mae"]`) and two
@@ -176,12 +179,12 @@ def timed(fn, number):
 class Arm:
     """One child process, kerasfix on or not."""
 
-    def __init__(self, name):
+    def __init__(self, name, control):
         env = {k: v for k, v in os.environ.items() if k != "KERASFIX"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's start-up chatter
         # This checkout's kerasfix, wherever the environment's install points.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-        if name == "kerasfix":
+        if name == "kerasfix" and not control:
             env["KERASFIX"] = "1"
         self.name = name
         self.stderr = tempfile.TemporaryFile("w+")
@@ -214,8 +217,10 @@ class Arm:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="kerasfix per-call overhead")
     parser.add_argument("--pairs", type=int, default=200)
-    parser.add_argument("--processes", type=int, default=4,
+    parser.add_argument("--processes", type=int, default=8,
                         help="pairs of processes, one after another, sharing the pairs of turns")
+    parser.add_argument("--control", action="store_true",
+                        help="kerasfix in neither arm: what this harness reads for no difference")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -224,10 +229,10 @@ def main(argv=None):
 
     times, number, stderr = None, None, {}
     for run in range(args.processes):
-        arms = {name: Arm(name) for name in ("kerasfix", "none")}
+        arms = {name: Arm(name, args.control) for name in ("kerasfix", "none")}
         infos = {name: json.loads(arm.read()) for name, arm in arms.items()}
         for name, info in infos.items():
-            if (info["kerasfix"] == "patched") != (name == "kerasfix"):
+            if (info["kerasfix"] == "patched") != (name == "kerasfix" and not args.control):
                 # The .pth line only reports a kerasfix that fails to import.
                 sys.exit(f"kerasfix is {info['kerasfix']!r} in the {name} process")
         info = infos["kerasfix"]
