@@ -9,6 +9,7 @@ while `import keras` is still under way.
 import collections
 import importlib
 import inspect
+import types
 
 COMPILE_UTILS = "keras.src.trainers.compile_utils"
 TRAINER = "keras.src.trainers.trainer"
@@ -297,6 +298,32 @@ def log_sorters(trainer, callback_list):
     found = [(cls, "_pythonify_logs") for cls in (trainer, callback_list)]
     found.append((utils, "pythonify_logs"))
     return [(owner, name) for owner, name in found if name in vars(owner)]
+
+
+def _names_called(code):
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_called(const)
+    return names
+
+
+def sorts_alone(owner, name):
+    """Whether `owner.name` is a module's function and the one code of its
+    module that names `sorted` (Keras 3.7+'s `pythonify_logs`), so a
+    `sorted` in the module's globals changes how it sorts and nothing else."""
+    if not isinstance(owner, types.ModuleType) or "sorted" in vars(owner):
+        return False
+    callers = set()
+    for key, value in vars(owner).items():
+        functions = vars(value).values() if isinstance(value, type) else [value]
+        for function in functions:
+            code = getattr(function, "__code__", None)
+            if getattr(function, "__module__", None) != owner.__name__ or code is None:
+                continue
+            if "sorted" in _names_called(code):
+                callers.add((key, function.__name__))
+    return callers == {(name, name)}
 
 
 def compiled_metric_names(compile_metrics, prefixed=True):

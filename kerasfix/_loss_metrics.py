@@ -42,7 +42,7 @@ class _Tracked:
         self.adapter = adapter
         self.compile_loss = weakref.ref(compile_loss)  # to give its losses back
         self.metrics = None  # one Mean (or None) per loss entry, once named
-        self.counted = False  # whether any is a Mean; set before `metrics`
+        self.listed = ()  # the Means of `metrics`, set before it: read each call
         # Two calls at once update the metrics in turn: a Mean's update
         # reads its variables, then assigns them.
         self.updating = threading.Lock()
@@ -272,9 +272,9 @@ def _call(wrapped, instance, args, kwargs):
         with _config.lock:  # one thread names the metrics; others see them whole
             if tracked.metrics is None:
                 made = _make_metrics(instance, tracked.adapter, y_pred, records, mode)
-                tracked.counted = any(metric is not None for metric in made)
+                tracked.listed = tuple(metric for metric in made if metric is not None)
                 tracked.metrics = made
-    if tracked.counted:
+    if tracked.listed:
         _update_metrics(instance, tracked, records, mode)
     return total
 
@@ -296,13 +296,13 @@ def _metrics_of(compile_loss, tracked=None):
     """kerasfix's metrics of one CompileLoss (3.0-3.4: its `metrics`).
 
     Read many times in every step: no lock, as reading `_tracked` and a
-    `_Tracked`'s `metrics`, set whole once, is atomic."""
+    `_Tracked`'s `listed`, set whole once, is atomic."""
     if tracked is None:
         tracked = _tracked.get(id(compile_loss))
     if tracked is None:
         _built_before_enable(compile_loss)
         return []
-    return [m for m in tracked.metrics or () if m is not None]
+    return list(tracked.listed)
 
 
 def metric_names(model):
@@ -310,9 +310,9 @@ def metric_names(model):
     (without `val_`); empty where it made none."""
     compile_loss = getattr(model, "_compile_loss", None)
     tracked = _tracked.get(id(compile_loss)) if compile_loss is not None else None
-    if tracked is None or tracked.metrics is None:
+    if tracked is None:
         return []
-    return [m.name for m in tracked.metrics if m is not None]
+    return [m.name for m in tracked.listed]
 
 
 def _compile_loss_metrics(fget, instance):
@@ -322,7 +322,7 @@ def _compile_loss_metrics(fget, instance):
         return fget(instance)
     if tracked in getattr(_local, "calls", ()):  # upstream's own `call`, in this thread
         return [None] * len(tracked.adapter.entries(instance))
-    return _metrics_of(instance, tracked)
+    return list(tracked.listed)  # read three times a call: no further call
 
 
 def _trainer_metrics(fget, instance):

@@ -51,6 +51,24 @@ def wrap_method(owner, name, wrapper):
     _patches.append((owner, name, original, replacement))
 
 
+def replace_method(owner, name, make):
+    """`make(original)` in place of `owner.name`: for the hottest paths,
+    where `wrap_method`'s extra call counts (`benchmarks/calls.py`)."""
+    original = function_of(owner, name)
+    replacement = functools.wraps(original)(make(original))
+    setattr(owner, name, replacement)
+    _patches.append((owner, name, original, replacement))
+
+
+def shadow_builtin(module, name, value):
+    """`value` as `name` in `module`'s globals, where Python looks before
+    its builtins: what every function of the module then calls by `name`."""
+    if name in vars(module):
+        raise KeyError(f"{module.__name__} already defines {name}")
+    setattr(module, name, value)
+    _patches.append((module, name, None, value))
+
+
 def wrap_property(owner, name, wrapper):
     """A property whose getter is `wrapper(original_fget, instance)`."""
     original = vars(owner)[name]

@@ -47,7 +47,14 @@ def test_unknown_mode_is_rejected_and_nothing_changes():
 keras = pytest.importorskip("keras")
 compile_utils = pytest.importorskip("keras.src.trainers.compile_utils")
 trainer = pytest.importorskip("keras.src.trainers.trainer")
-OWNERS = (compile_utils.CompileLoss, _adapters.base_trainer(trainer))
+python_utils = pytest.importorskip(_adapters.PYTHON_UTILS)
+callbacks = pytest.importorskip(_adapters.CALLBACKS)
+OWNERS = (
+    compile_utils.CompileLoss,
+    _adapters.base_trainer(trainer),
+    callbacks.CallbackList,
+    python_utils,
+)
 
 
 def snapshot():
@@ -81,6 +88,8 @@ def test_disable_restores_original_attributes_exactly(patched):
     for now, then in zip(after, originals):
         for name, value in then.items():
             assert now[name] is value, name
+    # Added, not replaced: gone, or every later enable() would meet it.
+    assert "sorted" not in vars(python_utils)
 
 
 def test_enable_and_disable_are_idempotent(patched):

@@ -17,8 +17,16 @@ from kerasfix import _adapters, _config, _loss_metrics, _patch, _wrapping  # noq
 trainer_module = pytest.importorskip(_adapters.TRAINER)
 compile_utils = pytest.importorskip(_adapters.COMPILE_UTILS)
 loss_module = pytest.importorskip(_adapters.LOSS)
-OWNERS = (compile_utils.CompileLoss, _adapters.base_trainer(trainer_module), loss_module)
-STEPS = ("wrap_method", "wrap_property", "add_property")
+python_utils = pytest.importorskip(_adapters.PYTHON_UTILS)
+callbacks = pytest.importorskip(_adapters.CALLBACKS)
+OWNERS = (
+    compile_utils.CompileLoss,
+    _adapters.base_trainer(trainer_module),
+    loss_module,
+    callbacks.CallbackList,
+    python_utils,
+)
+STEPS = ("wrap_method", "replace_method", "shadow_builtin", "wrap_property", "add_property")
 
 
 def snapshot():

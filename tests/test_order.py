@@ -270,6 +270,23 @@ def test_batch_logs_follow_keras2_order_when_keras_runs_callbacks_in_threads(pat
     assert any(not main for main, _ in seen) == in_threads
 
 
+def test_batch_logs_follow_the_order_of_a_model_compiled_again(patched):
+    # kerasfix remembers each batch's order per CallbackList; one kept by
+    # the user across a compile with the same names in another order.
+    logs = recorder(keras)
+    model = build(keras, "list_metrics")
+    callbacks = keras.callbacks.CallbackList([logs], add_history=True, model=model)
+    orders = []
+    for metrics in ([["mae", "mse"], ["mae"]], [["mse", "mae"], ["mae"]]):
+        model.compile("sgd", loss=["mse", "mse"], metrics=metrics)
+        model.fit(X, YS, epochs=1, batch_size=BATCH, verbose=0, callbacks=callbacks)
+        orders.append((model.metrics_names, [list(seen) for _, seen in logs.seen]))
+        logs.seen.clear()
+    assert orders[0][0] != orders[1][0]
+    for names, seen in orders:
+        assert seen == [names] * 3  # two batches, then the epoch
+
+
 def test_keras_own_order_without_kerasfix(patch_supported):
     model = build(keras, "metrics_and_weighted_metrics")
     model.evaluate(X, YS, sample_weight=SW, batch_size=BATCH, verbose=0)
