@@ -38,7 +38,9 @@ turn times, as a block of about 20 ms, the mean per call of:
 A last column gives the time spent in kerasfix's own functions per call,
 from cProfile in the kerasfix process, as a share of the baseline: an
 upper bound of what kerasfix's Python adds, free of the drift between
-turns (it leaves out what kerasfix adds inside a traced step).
+turns (it leaves out what kerasfix adds inside a traced step); and how
+many Python frames of kerasfix's run per call (per step for `fit`),
+counted with `sys.setprofile`.
 
 Goals: kerasfix / none <= 1.02 per call on TensorFlow and JAX, <= 1.05 on
 torch; kerasfix's `metrics_names` <= 2x the reference read. Nothing is
@@ -150,7 +152,8 @@ def child():
             print(repr(run()), flush=True)
         else:
             calls_made = STEPS if name in fits else int(number)
-            print(repr(own_time(run) / calls_made), flush=True)
+            measured = own_time if command == "own" else own_frames
+            print(repr(measured(run) / calls_made), flush=True)
     return 0
 
 
@@ -167,6 +170,25 @@ def own_time(run):
     stats = pstats.Stats(profile).stats
     return sum(tottime for (file, _, _), (_, _, tottime, _, _) in stats.items()
                if file.startswith(package))
+
+
+def own_frames(run):
+    """Python frames of kerasfix's own code that run while `run()` runs
+    (in this thread, where Keras runs these calls' callbacks)."""
+    package = os.path.join(ROOT, "kerasfix") + os.sep
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def timed(fn, number):
@@ -248,9 +270,12 @@ def main(argv=None):
                 print(f"pair {pair + 1}/{args.pairs}", file=sys.stderr)
         if run == args.processes - 1:
             # cProfile's cost swamps a read of microseconds: no figure for those.
+            per_call = [m for m in info["measures"] if not m.endswith(("metrics_names", "reference"))]
             own = {measure: statistics.median(
                 arms["kerasfix"].ask(measure, number.get(measure, 1), "own") for _ in range(5))
-                for measure in info["measures"] if not measure.endswith(("metrics_names", "reference"))}
+                for measure in per_call}
+            frames = {measure: arms["kerasfix"].ask(measure, number.get(measure, 1), "frames")
+                      for measure in per_call}
         for name, arm in arms.items():
             stderr.setdefault(name, []).extend(arm.close())
     backend = info["backend"]
@@ -265,6 +290,7 @@ def main(argv=None):
                 "baseline": statistics.median(b), "kerasfix": statistics.median(a),
                 "ratio": ratios[1], "q1": ratios[0], "q3": ratios[2],
                 "own": own[top[1]] / statistics.median(b) if top[1] in own else None,
+                "frames": frames.get(top[1]),
                 "goal": goal, "met": None if goal is None else ratios[1] <= goal}
 
     rows = []
@@ -301,13 +327,15 @@ def main(argv=None):
           f"kerasfix: {report['kerasfix in each arm']}, {info['kerasfix_file']}\n")
     # Baseline: Keras without kerasfix, or in the reference rows
     # `[m.name for m in model.metrics]` in the kerasfix process.
-    print("| model | measure | baseline | kerasfix | ratio (quartiles) | kerasfix's own code | goal |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | measure | baseline | kerasfix | ratio (quartiles) | kerasfix's own code "
+          "| its frames per call | goal |")
+    print("|---|---|---|---|---|---|---|---|")
     for x in rows:
         own = "-" if x["own"] is None else f"+{x['own']:.1%}"
+        count = "-" if x["frames"] is None else f"{x['frames']:.1f}"
         goal = "-" if x["goal"] is None else f"≤ {x['goal']:g} {'met' if x['met'] else 'MISSED'}"
         print(f"| {x['model']} | {x['measure']} | {fmt(x['baseline'])} | {fmt(x['kerasfix'])} | "
-              f"{x['ratio']:.3f} ({x['q1']:.3f}-{x['q3']:.3f}) | {own} | {goal} |")
+              f"{x['ratio']:.3f} ({x['q1']:.3f}-{x['q3']:.3f}) | {own} | {count} | {goal} |")
     for name, lines in stderr.items():
         for line in lines:
             print(f"{name} stderr: {line}")
