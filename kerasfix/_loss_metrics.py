@@ -292,13 +292,12 @@ def _build(wrapped, instance, args, kwargs):
     return result
 
 
-def _metrics_of(compile_loss, tracked=None):
+def _metrics_of(compile_loss):
     """kerasfix's metrics of one CompileLoss (3.0-3.4: its `metrics`).
 
     Read many times in every step: no lock, as reading `_tracked` and a
     `_Tracked`'s `listed`, set whole once, is atomic."""
-    if tracked is None:
-        tracked = _tracked.get(id(compile_loss))
+    tracked = _tracked.get(id(compile_loss))
     if tracked is None:
         _built_before_enable(compile_loss)
         return []
