@@ -191,7 +191,10 @@ def hold_on_one_cpu():
     if hasattr(os, "sched_setaffinity"):
         cpu = {max(os.sched_getaffinity(0))}
         for thread in os.listdir("/proc/self/task"):
-            os.sched_setaffinity(int(thread), cpu)
+            try:
+                os.sched_setaffinity(int(thread), cpu)
+            except ProcessLookupError:
+                pass  # the thread ended meanwhile
 
 
 def own_time(run):
