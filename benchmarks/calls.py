@@ -18,12 +18,12 @@ agree to about 1 %, while from one turn to the next, even between the two
 arms' turns a few milliseconds apart, the floor can move from 164 to
 309 µs (a 2-head `fit` step). A ratio of two turns is mostly that move
 (the median ratio of paired turns read 0.99-1.03 with kerasfix in neither
-arm, its quartiles 0.85-1.2); the fast turns of each arm are the code's
+arm, its quartiles 0.82-1.26); the fast turns of each arm are the code's
 own cost, which kerasfix's work on every call moves as much as any other.
 The turns are shared out among `--processes` pairs of processes, started
-one pair after another: with kerasfix in neither arm one pair of processes
-alone (12 turns) read 0.9-1.3 for some rows, so the figure pools many
-pairs. The bracket gives the 5-95 % range of the ratio when the pairs of
+one pair after another: with kerasfix in neither arm, the fastest turns of
+one pair of processes alone (12 turns each) gave ratios of 0.89-1.30, so
+the figure pools many pairs. The bracket gives the 5-95 % range of the ratio when the pairs of
 processes, and the pairs of turns within each, are drawn again (a
 bootstrap): how closely this run pins the ratio down. `--control` runs
 kerasfix in neither arm (the "kerasfix" column is then a second Keras
