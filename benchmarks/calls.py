@@ -23,9 +23,9 @@ own cost, which kerasfix's work on every call moves as much as any other.
 The turns are shared out among `--processes` pairs of processes, started
 one pair after another: with kerasfix in neither arm, the fastest turns of
 one pair of processes alone (12 turns each) gave ratios of 0.89-1.30, so
-the figure pools many pairs. The bracket gives the 5-95 % range of the ratio when the pairs of
-processes, and the pairs of turns within each, are drawn again (a
-bootstrap): how closely this run pins the ratio down. `--control` runs
+the figure pools many pairs. The bracket gives the 5-95 % range of the
+ratio when the pairs of processes, and the pairs of turns within each, are
+drawn again (a bootstrap): how closely this run pins the ratio down. `--control` runs
 kerasfix in neither arm (the "kerasfix" column is then a second Keras
 alone): what this harness reads where there is no difference, on this
 host, that day. At the defaults (Keras 3.15.1, JAX) it read 0.993-1.004,
@@ -199,8 +199,8 @@ def hold_on_one_cpu():
 
 def own_time(run):
     """Seconds spent in kerasfix's own code (its functions' time less what
-    they call) while `run()` runs, under cProfile: an upper bound, as the
-    profiler slows small Python functions most."""
+    they call) while `run()` runs, under cProfile: high, as the profiler
+    slows small Python functions most."""
     import cProfile
     import pstats
 
