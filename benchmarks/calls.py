@@ -25,7 +25,16 @@ one pair after another: with kerasfix in neither arm, the fastest turns of
 one pair of processes alone (12 turns each) gave ratios of 0.89-1.30, so
 the figure pools many pairs. The bracket gives the 5-95 % range of the
 ratio when the pairs of processes, and the pairs of turns within each, are
-drawn again (a bootstrap): how closely this run pins the ratio down. `--control` runs
+drawn again (a bootstrap): how closely this run pins the ratio down.
+
+Each process, in either arm, starts in a memory layout of its own: an
+environment variable of 0-4095 bytes (which moves the stack) and 0-19,999
+small lists kept for its life (which move the heap), drawn at random. One
+fixed layout per arm makes a difference of its own: with kerasfix in
+neither arm, one arm given 3,000 bytes of environment and 20,000 lists read
+1.011-1.017 on the 1-output rows (8 pairs of processes), as much as
+kerasfix's own cost there. Drawn for each process, a layout is one draw
+among many in both arms, not a difference between them. `--control` runs
 kerasfix in neither arm (the "kerasfix" column is then a second Keras
 alone): what this harness reads where there is no difference, on this
 host, that day. At the defaults (Keras 3.15.1, JAX) it read 0.993-1.004,
@@ -78,6 +87,8 @@ HEADS = (2, 16, 64)
 STEPS = 40
 TURN, SAMPLE = 0.02, 0.0005  # seconds
 RESAMPLES = 400
+PADDING, BALLAST = 4096, 20000  # bytes of environment, small lists
+ballast = None  # the child's, kept for its life
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -85,6 +96,8 @@ def child():
     """Builds the models, then runs what the parent asks, a line at a time:
     `time <measure> <calls per sample> <samples>` prints a turn's fastest
     sample, seconds per call; `own` and `frames` print kerasfix's share; `quit` ends."""
+    global ballast
+    ballast = [[0] * (i % 8) for i in range(int(os.environ["CALLS_BALLAST"]))]
     if os.environ.get("KERASFIX"):
         import kerasfix  # noqa: F401  (as the .pth line does, but failing loudly)
     import keras
@@ -245,10 +258,13 @@ def timed(fn, number):
 
 
 class Arm:
-    """One child process, kerasfix on or not."""
+    """One child process, kerasfix on or not, in a memory layout drawn from
+    `layouts` (a `random.Random`)."""
 
-    def __init__(self, name, control):
+    def __init__(self, name, control, layouts):
         env = {k: v for k, v in os.environ.items() if k != "KERASFIX"}
+        env["CALLS_PADDING"] = "x" * layouts.randrange(PADDING)
+        env["CALLS_BALLAST"] = str(layouts.randrange(BALLAST))
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's start-up chatter
         # This checkout's kerasfix, wherever the environment's install points.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
@@ -297,8 +313,9 @@ def main(argv=None):
         return child()
 
     times, number, stderr, processes = None, None, {}, []
+    layouts = random.Random(0)
     for run in range(args.processes):
-        arms = {name: Arm(name, args.control) for name in ("kerasfix", "none")}
+        arms = {name: Arm(name, args.control, layouts) for name in ("kerasfix", "none")}
         infos = {name: json.loads(arm.read()) for name, arm in arms.items()}
         for name, info in infos.items():
             if (info["kerasfix"] == "patched") != (name == "kerasfix" and not args.control):

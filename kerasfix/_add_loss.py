@@ -34,31 +34,39 @@ NOT_ON_JAX = (
 _local = threading.local()
 
 
-def _note_compiled(wrapped, instance, args, kwargs):
-    value = wrapped(*args, **kwargs)
-    compiled = getattr(_local, "compiled", None)
-    if compiled is not None:
-        compiled.append(value)
-    return value
+def _note_compiled(original):
+    # `CompileLoss.__call__`, in every eager step: one frame.
+    def call(self, *args, **kwargs):
+        value = original(self, *args, **kwargs)
+        compiled = getattr(_local, "compiled", None)
+        if compiled is not None:
+            compiled.append(value)
+        return value
+
+    return call
 
 
-def _compute_loss(wrapped, instance, args, kwargs):
-    if _config.mode is None:
-        return wrapped(*args, **kwargs)
-    outer = getattr(_local, "compiled", None)
-    _local.compiled = compiled = []
-    _local.pending = None
-    try:
-        total = wrapped(*args, **kwargs)
-    finally:
-        _local.compiled = outer
-    for value in compiled:
-        if value is not None:
-            return total  # a compiled loss: Keras's value is Keras 2's
-    added = instance.losses
-    if added:
-        _local.pending = (instance, total) + _keras2_logged(added)
-    return total
+def _compute_loss(original):
+    # Trainer's `compute_loss`, in every eager step: one frame.
+    def compute_loss(self, *args, **kwargs):
+        if _config.mode is None:
+            return original(self, *args, **kwargs)
+        outer = getattr(_local, "compiled", None)
+        _local.compiled = compiled = []
+        _local.pending = None
+        try:
+            total = original(self, *args, **kwargs)
+        finally:
+            _local.compiled = outer
+        for value in compiled:
+            if value is not None:
+                return total  # a compiled loss: Keras's value is Keras 2's
+        added = self.losses
+        if added:
+            _local.pending = (self, total) + _keras2_logged(added)
+        return total
+
+    return compute_loss
 
 
 def _keras2_logged(added):
@@ -70,19 +78,24 @@ def _keras2_logged(added):
     return ops.mean(summed), ops.sum(ops.ones_like(summed))
 
 
-def _update_state(wrapped, instance, args, kwargs):
-    pending = getattr(_local, "pending", None)
-    if pending is None or _config.mode is None:
-        return wrapped(*args, **kwargs)
-    model, total, value, weight = pending
-    values = args[0] if args else kwargs.get("values")
-    # Only the step's own update with the total compute_loss returned: a
-    # custom step that logs something else, or tf.distribute's rescaled
-    # total, keeps Keras's arithmetic.
-    if instance is not _adapters.loss_tracker(model) or not _adapters.is_same_total(values, total):
-        return wrapped(*args, **kwargs)
-    _local.pending = None
-    return wrapped(value, sample_weight=weight)
+def _update_state(original):
+    # `Mean.update_state`, for every mean metric in every eager step: one
+    # frame.
+    def update_state(self, *args, **kwargs):
+        pending = getattr(_local, "pending", None)
+        if pending is None or _config.mode is None:
+            return original(self, *args, **kwargs)
+        model, total, value, weight = pending
+        values = args[0] if args else kwargs.get("values")
+        # Only the step's own update with the total compute_loss returned: a
+        # custom step that logs something else, or tf.distribute's rescaled
+        # total, keeps Keras's arithmetic.
+        if self is not _adapters.loss_tracker(model) or not _adapters.is_same_total(values, total):
+            return original(self, *args, **kwargs)
+        _local.pending = None
+        return original(self, value, sample_weight=weight)
+
+    return update_state
 
 
 def install(compile_utils, trainer, reduction_metrics):
@@ -91,9 +104,9 @@ def install(compile_utils, trainer, reduction_metrics):
     why = _adapters.missing_for_add_loss(compile_utils, trainer, reduction_metrics)
     if why is not None:
         return why
-    _wrapping.wrap_method(compile_utils.CompileLoss, "__call__", _note_compiled)
-    _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)
-    _wrapping.wrap_method(reduction_metrics.Mean, "update_state", _update_state)
+    _wrapping.replace_method(compile_utils.CompileLoss, "__call__", _note_compiled)
+    _wrapping.replace_method(trainer, "compute_loss", _compute_loss)
+    _wrapping.replace_method(reduction_metrics.Mean, "update_state", _update_state)
     return None
 
 

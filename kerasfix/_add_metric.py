@@ -495,23 +495,29 @@ def _running_model():
 
 
 def _run(predicts):
-    def wrapper(wrapped, instance, args, kwargs):
-        if _config.mode is None:
-            return wrapped(*args, **kwargs)
-        model = None if predicts else instance
-        running = _local.__dict__.setdefault("running", [])
-        running.append(model)
-        _running_anywhere.append(model)
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            running.pop()
-            _running_anywhere.remove(model)
-            if not _running_anywhere:
-                global _last_result
-                _last_result = None  # lets a traced graph go
+    """`make(original)` for a method that runs steps (`fit`, ...,
+    `train_on_batch`): notes the model running them, in one frame."""
 
-    return wrapper
+    def make(original):
+        def method(self, *args, **kwargs):
+            if _config.mode is None:
+                return original(self, *args, **kwargs)
+            model = None if predicts else self
+            running = _local.__dict__.setdefault("running", [])
+            running.append(model)
+            _running_anywhere.append(model)
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                running.pop()
+                _running_anywhere.remove(model)
+                if not _running_anywhere:
+                    global _last_result
+                    _last_result = None  # lets a traced graph go
+
+        return method
+
+    return make
 
 
 def _compute_loss(wrapped, instance, args, kwargs):
@@ -545,15 +551,25 @@ def _trainer_metrics(fget, instance):
     return [m for m in metrics if id(m) not in ids] + last
 
 
-def _symbolic_build(wrapped, instance, args, kwargs):
+def _symbolic_build(original):
+    """Trainer's `_symbolic_build`, which every `train_on_batch` calls: a
+    replacement whose work after a model's first call is one lookup."""
+
+    def method(self, *args, **kwargs):
+        if _config.mode is None or id(self) in _discovered:
+            return original(self, *args, **kwargs)
+        return _first_build(original, self, args, kwargs)
+
+    return method
+
+
+def _first_build(original, model, args, kwargs):
     # JAX traces a step with the metric variables that exist before it:
     # call the model symbolically once to meet its add_metric names.
-    if _config.mode is None or id(instance) in _discovered:
-        return wrapped(*args, **kwargs)
-    if _runs_own_jax_step(instance):
+    if _runs_own_jax_step(model):
         _wrap_later("hosting")
-        return wrapped(*args, **kwargs)
-    _discovered.put(instance, True)
+        return original(model, *args, **kwargs)
+    _discovered.put(model, True)
 
     def bind(iterator=None, data_batch=None):
         return iterator, data_batch
@@ -562,9 +578,9 @@ def _symbolic_build(wrapped, instance, args, kwargs):
     if batch is None:
         batch = _symbolic.first_batch(iterator)
     # Handed down, so Keras (and kerasfix's loss metrics) read no other.
-    result = wrapped(iterator=iterator, data_batch=batch)
+    result = original(model, iterator=iterator, data_batch=batch)
     if batch is not None:
-        _discover(instance, batch)
+        _discover(model, batch)
     return result
 
 
@@ -629,10 +645,10 @@ def install(trainer, backend, model_module):
             _wrapping.function_of(owner, name)  # fails here, not in a user's step
     _wrapping.wrap_method(layer_module.Layer, "add_metric", _add_metric)
     _wrapping.wrap_method(metric_module.Metric, "__call__", _note_result)
-    _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build)
+    _wrapping.replace_method(trainer, "_symbolic_build", _symbolic_build)
     if _stateful:
         for name in _adapters.RUNS:
-            _wrapping.wrap_method(runner, name, _run(predicts=name.startswith("predict")))
+            _wrapping.replace_method(runner, name, _run(predicts=name.startswith("predict")))
     else:
         _wrapping.wrap_method(layer_module.Layer, "_clear_losses", _clear_losses)
         _wrapping.wrap_method(trainer, "compute_loss", _compute_loss)

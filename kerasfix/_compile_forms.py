@@ -252,26 +252,31 @@ def _bind_call(y_true, y_pred, sample_weight=None):
 
 
 def _conformed(leave_out):
-    """A wrapper of `CompileLoss.__call__` or `CompileMetrics.update_state`
-    that reads targets and sample weights as Keras 2 did; `leave_out` keeps
-    the outputs a target dict leaves out from counting."""
+    """`make(original)` for `CompileLoss.__call__` or
+    `CompileMetrics.update_state`: a replacement that reads targets and
+    sample weights as Keras 2 did; `leave_out` keeps the outputs a target
+    dict leaves out from counting."""
 
-    def conformed(wrapped, instance, args, kwargs):
-        if not _compiled_by_model(instance):
-            return wrapped(*args, **kwargs)
-        y_true, y_pred, sample_weight = _bind_call(*args, **kwargs)
-        if not isinstance(y_pred, (list, tuple, dict)):
-            return wrapped(*args, **kwargs)  # one output: as Keras reads it
-        sample_weight = _sample_weights(sample_weight, y_pred, instance)
-        y_true, left_out = _targets(y_true, y_pred, instance)
-        if not left_out:
-            return wrapped(y_true, y_pred, sample_weight)
-        try:
-            return wrapped(*leave_out(y_true, y_pred, sample_weight, left_out))
-        except Exception as e:
-            raise _stand_in_error(left_out, y_pred, instance) from e
+    def make(original):
+        # Runs in every eager (torch) step: one frame.
+        def conformed(self, *args, **kwargs):
+            if _config.mode is None or not getattr(self, _OF_MODEL, False):
+                return original(self, *args, **kwargs)
+            y_true, y_pred, sample_weight = _bind_call(*args, **kwargs)
+            if not isinstance(y_pred, (list, tuple, dict)):
+                return original(self, *args, **kwargs)  # one output: as Keras reads it
+            sample_weight = _sample_weights(sample_weight, y_pred, self)
+            y_true, left_out = _targets(y_true, y_pred, self)
+            if not left_out:
+                return original(self, y_true, y_pred, sample_weight)
+            try:
+                return original(self, *leave_out(y_true, y_pred, sample_weight, left_out))
+            except Exception as e:
+                raise _stand_in_error(left_out, y_pred, self) from e
 
-    return conformed
+        return conformed
+
+    return make
 
 
 def _stand_in_error(left_out, y_pred, owner):
@@ -309,19 +314,30 @@ def _fit_sample_weights(sample_weight, y, model):
     return dict(zip(keys, weights)) if isinstance(y, dict) else weights
 
 
-def _fit(wrapped, instance, args, kwargs):
-    if _config.mode is None:
-        return wrapped(*args, **kwargs)
+def _fit(original):
+    """`fit`, `evaluate`, `train_on_batch` or `test_on_batch`, taking a dict
+    of per-output sample weights: a replacement, as it runs on every
+    `train_on_batch`."""
+
+    def method(self, *args, **kwargs):
+        if _config.mode is not None and ("sample_weight" in kwargs or "validation_data" in kwargs):
+            kwargs = _with_sample_weights(self, args, kwargs)
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def _with_sample_weights(model, args, kwargs):
     y = args[1] if len(args) > 1 else kwargs.get("y")
+    kwargs = dict(kwargs)
     if "sample_weight" in kwargs:
-        kwargs = dict(kwargs)
-        kwargs["sample_weight"] = _fit_sample_weights(kwargs["sample_weight"], y, instance)
+        kwargs["sample_weight"] = _fit_sample_weights(kwargs["sample_weight"], y, model)
     validation = kwargs.get("validation_data")
     if isinstance(validation, (list, tuple)) and len(validation) == 3:
         val_x, val_y, val_weight = validation
-        val_weight = _fit_sample_weights(val_weight, val_y, instance)
-        kwargs = dict(kwargs, validation_data=(val_x, val_y, val_weight))
-    return wrapped(*args, **kwargs)
+        val_weight = _fit_sample_weights(val_weight, val_y, model)
+        kwargs["validation_data"] = (val_x, val_y, val_weight)
+    return kwargs
 
 
 # Metrics
@@ -475,10 +491,12 @@ def install(compile_utils, trainer, model_module):
     if why is not None:
         return why
     for method in ("fit", "evaluate", "train_on_batch", "test_on_batch"):
-        _wrapping.wrap_method(owner, method, _fit)
+        _wrapping.replace_method(owner, method, _fit)
     _wrapping.wrap_method(compile_utils.CompileLoss, "build", _build_loss)
-    _wrapping.wrap_method(compile_utils.CompileLoss, "__call__", _conformed(_left_out_of_loss))
+    _wrapping.replace_method(compile_utils.CompileLoss, "__call__", _conformed(_left_out_of_loss))
     _wrapping.wrap_method(compile_utils.CompileMetrics, "build", _build_metrics)
-    _wrapping.wrap_method(compile_utils.CompileMetrics, "update_state", _conformed(_left_out_of_metrics))
+    _wrapping.replace_method(
+        compile_utils.CompileMetrics, "update_state", _conformed(_left_out_of_metrics)
+    )
     _wrapping.wrap_method(trainer, "compile", _compile)
     return None

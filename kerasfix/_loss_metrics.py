@@ -314,14 +314,18 @@ def metric_names(model):
     return [m.name for m in tracked.listed]
 
 
-def _compile_loss_metrics(fget, instance):
-    tracked = _tracked.get(id(instance))
-    if tracked is None:
-        _built_before_enable(instance)
-        return fget(instance)
-    if tracked in getattr(_local, "calls", ()):  # upstream's own `call`, in this thread
-        return [None] * len(tracked.adapter.entries(instance))
-    return list(tracked.listed)  # read three times a call: no further call
+def _compile_loss_metrics(fget):
+    # Read three times a `train_on_batch`: one frame, no further call.
+    def metrics(self):
+        tracked = _tracked.get(id(self))
+        if tracked is None:
+            _built_before_enable(self)
+            return fget(self)
+        if tracked in getattr(_local, "calls", ()):  # upstream's own `call`, in this thread
+            return [None] * len(tracked.adapter.entries(self))
+        return list(tracked.listed)
+
+    return metrics
 
 
 def _trainer_metrics(fget, instance):
@@ -381,7 +385,7 @@ def install(adapter, compile_utils, trainer, loss):
     _wrapping.wrap_method(cls, "__call__", _call)
     _wrapping.wrap_method(cls, "build", _build)
     if adapter.lists_loss_metrics:
-        _wrapping.wrap_property(cls, "metrics", _compile_loss_metrics)
+        _wrapping.replace_property(cls, "metrics", _compile_loss_metrics)
     else:
         _wrapping.add_property(
             cls, "metrics", _metrics_of, "Per-output loss metrics (kerasfix)."

@@ -93,15 +93,18 @@ def _flattened(logs):
     return flat
 
 
+_DICT = itertools.repeat(dict)  # `map` reads as many as it needs
+
+
 def _nested(logs):
     # In every step, over every key: no Python frame per value.
-    return any(map(isinstance, logs.values(), itertools.repeat(dict)))
+    return any(map(isinstance, logs.values(), _DICT))
 
 
 def _in_order(model, logs):
     if _config.mode is None or not isinstance(logs, dict) or model is None:
         return logs
-    if _nested(logs):
+    if any(map(isinstance, logs.values(), _DICT)):
         logs = _flattened(logs)
     keys = tuple(logs)
     order = ordered(model, keys)
@@ -116,14 +119,19 @@ def _metrics_names(fget, instance):
     return names(instance)
 
 
-def _flatten_metrics_in_order(wrapped, instance, args, kwargs):
-    logs = args[0] if args else kwargs["logs"]
-    if _config.mode is None or not isinstance(logs, dict):
-        return wrapped(*args, **kwargs)
-    if _nested(logs):
-        logs = _flattened(logs)
-    results = [logs[name] for name in ordered(instance, tuple(logs))]
-    return results[0] if len(results) == 1 else results
+def _flatten_metrics_in_order(original):
+    """Keras's `_flatten_metrics_in_order(self, logs)`, which turns the logs
+    of every list-returning call into a list, in Keras 2's order."""
+
+    def flatten(self, logs):
+        if _config.mode is None or not isinstance(logs, dict):
+            return original(self, logs)
+        if any(map(isinstance, logs.values(), _DICT)):
+            logs = _flattened(logs)
+        results = list(map(logs.__getitem__, ordered(self, tuple(logs))))
+        return results[0] if len(results) == 1 else results
+
+    return flatten
 
 
 def _callback_logs(callbacks, logs):
@@ -175,9 +183,15 @@ def _keep_order(wrapped, instance, args, kwargs):
     return {key: result[key] for key in logs}
 
 
-def _dict_result(wrapped, instance, args, kwargs):
-    result = wrapped(*args, **kwargs)
-    return _in_order(instance, result) if isinstance(result, dict) else result
+def _dict_result(original):
+    """A method of Model's trainer whose dict result comes in Keras 2's
+    order: run on every `train_on_batch`, so a replacement."""
+
+    def method(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        return _in_order(self, result) if isinstance(result, dict) else result
+
+    return method
 
 
 def _logs_in_order(wrapped, instance, args, kwargs):
@@ -205,7 +219,7 @@ def install(compile_utils, trainer, callbacks_module, model_module):
     if why is not None:
         return why
     _wrapping.wrap_property(trainer, "metrics_names", _metrics_names)
-    _wrapping.wrap_method(trainer, "_flatten_metrics_in_order", _flatten_metrics_in_order)
+    _wrapping.replace_method(trainer, "_flatten_metrics_in_order", _flatten_metrics_in_order)
     callback_list = callbacks_module.CallbackList
     for hook in _BATCH_END_HOOKS:
         _wrapping.replace_method(callback_list, hook, _batch_end)
@@ -221,5 +235,5 @@ def install(compile_utils, trainer, callbacks_module, model_module):
         else:
             _wrapping.wrap_method(sorter, name, _keep_order)
     for method in ("evaluate", "train_on_batch", "test_on_batch"):
-        _wrapping.wrap_method(owner, method, _dict_result)
+        _wrapping.replace_method(owner, method, _dict_result)
     return None

@@ -26,7 +26,10 @@ OWNERS = (
     callbacks.CallbackList,
     python_utils,
 )
-STEPS = ("wrap_method", "replace_method", "shadow_builtin", "wrap_property", "add_property")
+STEPS = (
+    "wrap_method", "replace_method", "shadow_builtin", "wrap_property", "replace_property",
+    "add_property",
+)
 
 
 def snapshot():
