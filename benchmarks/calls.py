@@ -37,7 +37,7 @@ kerasfix's own cost there. Drawn for each process, a layout is one draw
 among many in both arms, not a difference between them. `--control` runs
 kerasfix in neither arm (the "kerasfix" column is then a second Keras
 alone): what this harness reads where there is no difference, on this
-host, that day. At the defaults (Keras 3.15.1, JAX) it read 0.993-1.004,
+host, that day. At the defaults (Keras 3.15.1, JAX) it read 0.983-1.011,
 and every bracket held 1.
 
 Each process builds two small models (Dense 16, batch 32, so the per-call
