@@ -65,7 +65,8 @@ kerasfix's run per call (per step for `fit`), counted with `sys.setprofile`.
 
 Goals: kerasfix / none <= 1.02 per call on TensorFlow and JAX, <= 1.05 on
 torch; kerasfix's `metrics_names` <= 2x the reference read. Nothing is
-asserted: the figures and goals are printed.
+asserted: the figures and goals are printed. `instructions.py` counts the
+instructions the same calls execute, which the host's speed does not move.
 
 On a busy host, torch's two intra-op threads make these tiny steps take
 5-60 ms at random; `OMP_NUM_THREADS=1`, which both arms inherit, steadies them.
@@ -95,7 +96,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child():
     """Builds the models, then runs what the parent asks, a line at a time:
     `time <measure> <calls per sample> <samples>` prints a turn's fastest
-    sample, seconds per call; `own` and `frames` print kerasfix's share; `quit` ends."""
+    sample, seconds per call; `count` only makes the calls (fits: one per
+    sample); `own` and `frames` print kerasfix's share; `quit` ends."""
     global ballast
     ballast = [[0] * (i % 8) for i in range(int(os.environ["CALLS_BALLAST"]))]
     if os.environ.get("KERASFIX"):
@@ -181,6 +183,10 @@ def child():
             lambda: min(timed(calls[name], per_sample) for _ in range(samples)))
         if command == "time":
             print(repr(run()), flush=True)
+        elif command == "count":  # instructions.py counts what runs here
+            for _ in range(samples):
+                fits[name]() if name in fits else timed(calls[name], per_sample)
+            print("0", flush=True)
         else:
             calls_made = STEPS if name in fits else per_sample * samples
             measured = own_time if command == "own" else own_frames
@@ -244,6 +250,24 @@ def own_frames(run):
     return count
 
 
+def table_rows(measures, row, limit):
+    """A row per measure, `row(model, measure, top, bottom, goal)` giving
+    `top` over `bottom` (each an (arm, measure)): kerasfix over Keras, and
+    for `metrics_names` also over the reference read in kerasfix's process."""
+    rows = []
+    for key in measures:
+        model, measure = key.split("|")
+        if measure == "reference":
+            continue
+        if measure == "metrics_names":
+            rows.append(row(model, measure, ("kerasfix", key), ("none", key), None))
+            rows.append(row(model, "metrics_names / reference read (both kerasfix process)",
+                            ("kerasfix", key), ("kerasfix", f"{model}|reference"), 2.0))
+        else:
+            rows.append(row(model, measure, ("kerasfix", key), ("none", key), limit))
+    return rows
+
+
 def figure(floors):
     """The 10th percentile of the turns' fastest samples: what a call costs
     while the host runs at its full speed."""
@@ -261,7 +285,7 @@ class Arm:
     """One child process, kerasfix on or not, in a memory layout drawn from
     `layouts` (a `random.Random`)."""
 
-    def __init__(self, name, control, layouts):
+    def __init__(self, name, control, layouts, prefix=()):
         env = {k: v for k, v in os.environ.items() if k != "KERASFIX"}
         env["CALLS_PADDING"] = "x" * layouts.randrange(PADDING)
         env["CALLS_BALLAST"] = str(layouts.randrange(BALLAST))
@@ -273,7 +297,7 @@ class Arm:
         self.name = name
         self.stderr = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--child"], env=env, text=True,
+            [*prefix, sys.executable, __file__, "--child"], env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
         )
 
@@ -369,17 +393,7 @@ def main(argv=None):
                 "frames": frames.get(top[1]),
                 "goal": goal, "met": None if goal is None else ratio <= goal}
 
-    rows = []
-    for key in info["measures"]:
-        model, measure = key.split("|")
-        if measure == "reference":
-            continue
-        if measure == "metrics_names":
-            rows.append(row(model, measure, ("kerasfix", key), ("none", key), None))
-            rows.append(row(model, "metrics_names / reference read (both kerasfix process)",
-                            ("kerasfix", key), ("kerasfix", f"{model}|reference"), 2.0))
-        else:
-            rows.append(row(model, measure, ("kerasfix", key), ("none", key), limit))
+    rows = table_rows(info["measures"], row, limit)
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "keras": info["keras"],
