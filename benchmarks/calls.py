@@ -185,7 +185,10 @@ def child():
             print(repr(run()), flush=True)
         elif command == "count":  # instructions.py counts what runs here
             for _ in range(samples):
-                fits[name]() if name in fits else timed(calls[name], per_sample)
+                if name in fits:
+                    fits[name]()
+                else:
+                    timed(calls[name], per_sample)
             print("0", flush=True)
         else:
             calls_made = STEPS if name in fits else per_sample * samples

@@ -10,9 +10,10 @@ same models and calls as `calls.py` (its child process, the same memory
 layouts drawn): each arm's process runs under callgrind, counting only
 while the parent asks for a measure's calls. A call's figure is the count
 for 3n calls less the count for n calls, over 2n, so what the asking
-itself costs cancels out (for `fit`, n whole fits of 40 steps, per step:
-`fit`'s set-up is in the figure). The two arms of a pair run side by side,
-each on a CPU of its own, `--processes` pairs one after another; the table
+itself costs cancels out (for `fit`, 1 and 3 whole fits of 40 steps, per
+step: `fit`'s set-up is in the figure). The two arms of a pair count at once
+(`calls.py`'s child holds its threads on the last CPU, so they share it;
+valgrind runs a process's threads one at a time anyway), `--processes` pairs one after another; the table
 gives kerasfix's figure over Keras's, the median over the pairs and their
 range. `--control` runs kerasfix in neither arm: how far two processes'
 counts differ with no difference between them (allocation, garbage
@@ -38,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import calls
 
+
 class Counted(calls.Arm):
     """A `calls.py` child under callgrind, counting nothing until asked."""
 
@@ -54,10 +56,11 @@ class Counted(calls.Arm):
         subprocess.run(["callgrind_control", *args, str(self.process.pid)],
                        check=True, capture_output=True)
 
-    def count(self, measure, number):
-        """Instructions executed while the child makes `number` calls."""
+    def count(self, measure, number, fit):
+        """Instructions executed while the child makes `number` calls
+        (`fit`: whole fits)."""
         self.callgrind("-z")
-        self.ask(measure, (1, number) if measure.endswith("fit step") else (number, 1), "count")
+        self.ask(measure, (1, number) if fit else (number, 1), "count")
         self.callgrind("-d")
         total = 0
         for dump in os.listdir(self.folder):
@@ -69,13 +72,17 @@ class Counted(calls.Arm):
         return total
 
     def per_call(self, measure, n):
-        fewer, more = self.count(measure, n), self.count(measure, 3 * n)
-        return (more - fewer) / (2 * n) / (calls.STEPS if measure.endswith("fit step") else 1)
+        """Per call, or per step of `fit` (n whole fits of `calls.STEPS`)."""
+        fit = measure.endswith("fit step")
+        n = 1 if fit else n
+        fewer, more = self.count(measure, n, fit), self.count(measure, 3 * n, fit)
+        return (more - fewer) / (2 * n) / (calls.STEPS if fit else 1)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="kerasfix per-call instructions")
-    parser.add_argument("--calls", type=int, default=50, help="n: each count is of n and 3n calls")
+    parser.add_argument("--calls", type=int, default=50,
+                        help="n: each count is of n and 3n calls (fit: of 1 and 3 fits)")
     parser.add_argument("--processes", type=int, default=3, help="pairs of processes")
     parser.add_argument("--control", action="store_true",
                         help="kerasfix in neither arm: what this reads for no difference")
@@ -93,10 +100,10 @@ def main(argv=None):
                 if (arm.info["kerasfix"] == "patched") != (name == "kerasfix" and not args.control):
                     sys.exit(f"kerasfix is {arm.info['kerasfix']!r} in the {name} process")
             info = arms["kerasfix"].info
-            with ThreadPoolExecutor(len(arms)) as both:  # each arm on a CPU of its own
+            with ThreadPoolExecutor(len(arms)) as both:
                 for measure in info["measures"]:
-                    n = 1 if measure.endswith("fit step") else args.calls
-                    figures = both.map(lambda arm: arm.per_call(measure, n), arms.values())
+                    figures = both.map(lambda arm: arm.per_call(measure, args.calls),
+                                       arms.values())
                     for name, figure in zip(arms, figures):
                         counts[name].setdefault(measure, []).append(figure)
             for arm in arms.values():
