@@ -7,6 +7,7 @@ while `import keras` is still under way.
 """
 
 import collections
+import contextlib
 import importlib
 import inspect
 import types
@@ -435,6 +436,20 @@ def tree():
             found = _DmTree(found.flatten, found.unflatten_as, found.map_structure)
         _tree = found
     return _tree
+
+
+def outside_step():
+    """Where to make a metric first needed inside a step: on TensorFlow its
+    init scope, where Keras makes its own deferred variables. A variable made
+    while a step is traced leaves that trace, which TensorFlow keeps, a
+    conditional initializer per variable."""
+    from keras.src import backend
+
+    if backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.init_scope()
 
 
 def _attributes_set(function):

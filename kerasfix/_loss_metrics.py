@@ -132,7 +132,8 @@ def _make_metrics(compile_loss, adapter, y_pred, records, mode):
             )
         name = _names.unique(name, used_names)
         used_names.append(name)
-        made[index] = metrics.Mean(name=f"{name}_loss")
+        with _adapters.outside_step():
+            made[index] = metrics.Mean(name=f"{name}_loss")
     _warn_renamed(compile_loss, adapter, made)
     if adapter is _adapters.FLAT_LISTS_METRICS:
         _warn_restored(entries, made)
