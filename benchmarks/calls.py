@@ -73,6 +73,7 @@ On a busy host, torch's two intra-op threads make these tiny steps take
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -97,7 +98,8 @@ def child():
     """Builds the models, then runs what the parent asks, a line at a time:
     `time <measure> <calls per sample> <samples>` prints a turn's fastest
     sample, seconds per call; `count` only makes the calls (fits: one per
-    sample); `own` and `frames` print kerasfix's share; `quit` ends."""
+    sample) and `collect` a full garbage collection, both printing 0;
+    `own` and `frames` print kerasfix's share; `quit` ends."""
     global ballast
     ballast = [[0] * (i % 8) for i in range(int(os.environ["CALLS_BALLAST"]))]
     if os.environ.get("KERASFIX"):
@@ -183,6 +185,9 @@ def child():
             lambda: min(timed(calls[name], per_sample) for _ in range(samples)))
         if command == "time":
             print(repr(run()), flush=True)
+        elif command == "collect":  # before a count, outside it
+            gc.collect()
+            print("0", flush=True)
         elif command == "count":  # instructions.py counts what runs here
             for _ in range(samples):
                 if name in fits:
