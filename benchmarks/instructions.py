@@ -14,10 +14,10 @@ itself costs cancels out (for `fit`, 1 and 3 whole fits of 40 steps, per
 step: `fit`'s set-up is in the figure). A full garbage collection, not
 counted, comes before each count, so both arms count from the same point
 of the collector's cycle (a full collection in one arm's count and not the
-other's read as +5.8 % on a 64-head TensorFlow step). The two arms of a pair count at once
-(`calls.py`'s child holds its threads on the last CPU, so they share it;
-valgrind runs a process's threads one at a time anyway), `--processes` pairs one after another; the table
-gives kerasfix's figure over Keras's, the median over the pairs and their
+other's read as +5.8 % on a 64-head TensorFlow step). The two arms of a
+pair count at once (`calls.py`'s child holds its threads on the last CPU,
+so they share it; valgrind runs a process's threads one at a time anyway),
+`--processes` pairs one after another; the table gives kerasfix's figure over Keras's, the median over the pairs and their
 range. `--control` runs kerasfix in neither arm: how far two processes'
 counts differ with no difference between them (allocation, garbage
 collection and backend threads vary a little from process to process).

@@ -431,13 +431,9 @@ def _reset_before_step(metric):
     TensorFlow the run may first meet it in its step's first trace."""
     from keras.src import backend
 
-    if _tie_counts:
-        import tensorflow as tf
-
-        with tf.init_scope():
+    if _tie_counts or not backend.in_stateless_scope():
+        with _adapters.outside_step():
             metric.reset_state()
-    elif not backend.in_stateless_scope():
-        metric.reset_state()
 
 
 def _new_mean(name, value):
