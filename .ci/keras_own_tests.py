@@ -13,6 +13,7 @@ listed with a reason in .ci/keras-own-test-exceptions.txt.
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -68,7 +69,11 @@ def fetch_sources(python, version, keras_git, into):
     return None
 
 
-def outcomes(python, where, kerasfix_on):
+def outcomes(python, sources, kerasfix_on):
+    """{test: outcome} of one run, in its own copy of the sources, so the
+    runs without and with kerasfix can go side by side."""
+    where = sources.with_name(f"{sources.name}-kerasfix-{kerasfix_on}")
+    shutil.copytree(sources, where)
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("KERASFIX", None)
     if kerasfix_on:
@@ -76,7 +81,7 @@ def outcomes(python, where, kerasfix_on):
     junit = where / f"junit-{kerasfix_on}.xml"
     subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"--junitxml={junit}", "."],
+         f"--junitxml={junit}", f"--basetemp={where / 'tmp'}", "."],
         cwd=where, env=env, capture_output=True, text=True,
     )
     found = {}
@@ -98,7 +103,8 @@ def check(name, keras_git):
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        where = Path(tmp)
+        where = Path(tmp) / "sources"
+        where.mkdir()
         origin = fetch_sources(python, version, keras_git, where)
         if origin is None:
             print(
@@ -107,8 +113,8 @@ def check(name, keras_git):
             )
             return {"keras": version, "status": "not run"}
         print(f"Keras {version}: own tests from {origin}")
-        before = outcomes(python, where, kerasfix_on=False)
-        after = outcomes(python, where, kerasfix_on=True)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            before, after = pool.map(lambda on: outcomes(python, where, on), (False, True))
     allowed = exceptions()
     regressed, excused = [], []
     for test, outcome in before.items():

@@ -117,14 +117,24 @@ def raw_losses(model, x, ys, losses, sample_weight=None):
     return out
 
 
+_cli_runs = {}
+
+
 def cli(*args, **env):
-    """`python -m kerasfix ARGS` in a new process, with only `env`'s KERASFIX*."""
+    """`python -m kerasfix ARGS` in a new process, with only `env`'s KERASFIX*.
+
+    Runs once per session for the same arguments and environment: nothing a
+    test does changes what a new process finds, and each one imports Keras.
+    """
     full = {k: v for k, v in os.environ.items() if not k.startswith("KERASFIX")}
     full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "kerasfix", *args],
-        env=full, capture_output=True, text=True, timeout=300,
-    )
+    key = (args, tuple(sorted(i for i in full.items() if i[0] != "PYTEST_CURRENT_TEST")))
+    if key not in _cli_runs:
+        _cli_runs[key] = subprocess.run(
+            [sys.executable, "-m", "kerasfix", *args],
+            env=full, capture_output=True, text=True, timeout=300,
+        )
+    return _cli_runs[key]
 
 
 def keras_counts_generator_batches():

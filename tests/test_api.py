@@ -63,18 +63,18 @@ def snapshot():
 
 def test_patch_applies_whether_keras_is_imported_before_or_after(patch_supported):
     code = (
-        "{first}\nfrom keras.src.trainers import compile_utils\n"
-        "print(hasattr(compile_utils.CompileLoss.__call__, '__wrapped__'))"
+        "{first}\nimport json, kerasfix\nfrom keras.src.trainers import compile_utils\n"
+        "print(hasattr(compile_utils.CompileLoss.__call__, '__wrapped__'))\n"
+        "print(json.dumps(kerasfix.status()))"
     )
+    statuses = []
     for first in ("import keras, kerasfix", "import kerasfix, keras", "import kerasfix"):
         done = python(code.format(first=first))
         assert done.returncode == 0, done.stderr
-        assert done.stdout.split()[-1] == "True", first
-    before = python("import keras, kerasfix, json; print(json.dumps(kerasfix.status()))")
-    after = python("import kerasfix, keras, json; print(json.dumps(kerasfix.status()))")
-    assert json.loads(before.stdout.splitlines()[-1]) == json.loads(
-        after.stdout.splitlines()[-1]
-    )
+        *_, wrapped, status = done.stdout.splitlines()
+        assert wrapped == "True", first
+        statuses.append(json.loads(status))
+    assert statuses[0] == statuses[1]
 
 
 def test_disable_restores_original_attributes_exactly(patched):

@@ -2,6 +2,8 @@
 
 import pytest
 
+import pytest_kerasfix
+
 pytest.importorskip("keras")
 
 MODEL_TEST = """
@@ -79,6 +81,8 @@ def test_xdist_workers_run_with_the_session_mode(run):
     [("1", "unweighted"), ("on", "unweighted"), ("TRUE", "unweighted"),
      ("weighted", "weighted"), ("0", None), ("off", None)],
 )
-def test_option_takes_what_the_environment_variable_takes(run, value, expected):
-    result = run(f"--kerasfix={value}", expected=expected)
-    result.assert_outcomes(passed=1)
+def test_option_takes_what_the_environment_variable_takes(pytester, value, expected):
+    # Parsed in this process (a new one per value would import Keras each
+    # time); the tests above show the parsed mode is what the session gets.
+    config = pytester.parseconfig(f"--kerasfix={value}")
+    assert pytest_kerasfix._session_mode(config) == expected
