@@ -40,9 +40,10 @@ _saving = threading.Lock()
 # `_adapters` (3.6 weights the per-output losses, 3.4 lists sublayers'
 # metrics, 3.0 averages `loss` per batch); 3.0 on JAX, where kerasfix
 # declines. Longest first, so the two jobs end together. The full matrix
-# adds 3.15 on torch, 3.6 on JAX and torch and 3.4 on JAX, whose backends'
-# code paths the nightly's rows run (a `.ci/run` of 13 rows outgrew CI's 90
-# minutes on a slow day, one of 10 took 80).
+# adds the other rows; of these releases, 3.15 on torch, 3.6 on JAX and
+# torch and 3.4 on JAX, whose backends' code paths the nightly's rows run
+# (a `.ci/run` of 13 rows outgrew CI's 90 minutes on a slow day, one of 10
+# took 80).
 CI_SUBSET = [
     ("nightly", "tensorflow"),
     ("nightly", "jax"),
