@@ -265,6 +265,10 @@ def _conformed(leave_out):
             y_true, y_pred, sample_weight = _bind_call(*args, **kwargs)
             if not isinstance(y_pred, (list, tuple, dict)):
                 return original(self, *args, **kwargs)  # one output: as Keras reads it
+            if isinstance(y_true, (list, tuple)) and not isinstance(sample_weight, dict):
+                # Keras's own form, as its steps pass a list of outputs'
+                # targets: nothing to conform, and no further call.
+                return original(self, *args, **kwargs)
             sample_weight = _sample_weights(sample_weight, y_pred, self)
             y_true, left_out = _targets(y_true, y_pred, self)
             if not left_out:

@@ -29,6 +29,12 @@ _tracked = _ids.ById()  # CompileLoss -> _Tracked
 # `scaling`, how often Keras's scale_loss_for_distribution ran.
 _local = threading.local()
 _adapter = None  # the layout found when the patch went in
+# Set by `install`, where keras is loaded: what every eager step uses,
+# looked up once, not imported or asked for again in each step.
+_ops = None
+_loss_module = None
+_on_tensorflow = False
+_float32 = set()  # dtypes (of any backend) a loss value needs no cast from
 
 
 class _Tracked:
@@ -74,12 +80,16 @@ class _Recorder(wrapt.ObjectProxy):
         return value
 
 
-def _count_scaling(wrapped, instance, args, kwargs):
+def _count_scaling(original):
     # Keras 3.8+ divides a reduced loss by the number of replicas inside
     # `Loss.__call__`, but not a loss whose `call` already returns a scalar;
     # counting the calls tells which values to multiply back for reporting.
-    _local.scaling = getattr(_local, "scaling", 0) + 1
-    return wrapped(*args, **kwargs)
+    # Runs for every loss in every eager step: one frame.
+    def scale_loss_for_distribution(*args, **kwargs):
+        _local.scaling = getattr(_local, "scaling", 0) + 1
+        return original(*args, **kwargs)
+
+    return scale_loss_for_distribution
 
 
 def _swap_loss_fns(compile_loss, adapter, swap):
@@ -182,21 +192,28 @@ def _batch_size(records):
     """The first output's dynamic batch size, as Keras 2 weighed every
     output by; None (each call counts once) where outputs are 0-d or empty.
 
-    `ops.shape` gives a tensor inside tf.function, where the size varies.
+    `ops.shape` gives a tensor inside tf.function, where the size varies;
+    elsewhere the leaf's own shape is that size, as Keras reads it.
     """
-    from keras.src import ops
-
     for _, _, y_p, _ in records:
         for leaf in _adapters.tree().flatten(y_p):
             if getattr(leaf, "ndim", None):
-                return ops.shape(leaf)[0]
+                return _ops.shape(leaf)[0] if _on_tensorflow else leaf.shape[0]
     return None
 
 
-def _update_metrics(compile_loss, tracked, records, mode):
-    from keras.src import ops
-    from keras.src.losses import loss as loss_module
+def _as_float32(value):
+    """`value` as float32, as Keras 2 reported it under any policy. A loss
+    is float32 already, as a rule: `ops.cast`, several calls on every eager
+    step, runs only for a dtype not seen to be float32."""
+    if getattr(value, "dtype", None) in _float32:
+        return value
+    value = _ops.cast(value, "float32")
+    _float32.add(value.dtype)
+    return value
 
+
+def _update_metrics(compile_loss, tracked, records, mode):
     if not records:
         return
     batch_size = _batch_size(records)
@@ -205,12 +222,12 @@ def _update_metrics(compile_loss, tracked, records, mode):
         metric = tracked.metrics[index]
         if metric is None:
             continue
-        value = ops.cast(value, "float32")  # as Keras 2, under any policy
+        value = _as_float32(value)
         if scaled:
-            value = loss_module.unscale_loss_for_distribution(value)
+            value = _loss_module.unscale_loss_for_distribution(value)
         weight = tracked.adapter.weight(compile_loss, index)
         if mode == "weighted" and weight is not None:
-            value = ops.multiply(value, weight)
+            value = _ops.multiply(value, weight)
         updates.append((metric, value))
     with contextlib.nullcontext() if _in_tf_replicas() else tracked.updating:
         for metric, value in updates:
@@ -221,9 +238,9 @@ def _in_tf_replicas():
     # tf.distribute traces each replica in its own thread and makes them
     # meet inside a variable update (merge_call): a lock held across the
     # update would deadlock them (seen on Keras 3.7-3.8). Those threads only
-    # build a graph, so they cannot lose an update.
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and tf.distribute.has_strategy()
+    # build a graph, so they cannot lose an update. Other backends run no
+    # step in them, even with TensorFlow loaded.
+    return _on_tensorflow and sys.modules["tensorflow"].distribute.has_strategy()
 
 
 def _built_before_enable(compile_loss):
@@ -245,39 +262,43 @@ def _track(compile_loss):
     return tracked
 
 
-def _call(wrapped, instance, args, kwargs):
-    # Without the lock once tracked: a `_Tracked` keeps its own adapter.
-    mode = _config.mode
-    tracked = _tracked.get(id(instance)) if mode is not None else None
-    if tracked is None:
-        with _config.lock:  # mode and adapter as one enable() left them
-            mode = _config.mode
-            if mode is None or _built_before_enable(instance):
-                tracked = None
+def _call(original):
+    # `CompileLoss.__call__`, in every eager step: one frame. Without the
+    # lock once tracked: a `_Tracked` keeps its own adapter.
+    def call(self, *args, **kwargs):
+        mode = _config.mode
+        tracked = _tracked.get(id(self)) if mode is not None else None
+        if tracked is None:
+            with _config.lock:  # mode and adapter as one enable() left them
+                mode = _config.mode
+                if mode is None or _built_before_enable(self):
+                    tracked = None
+                else:
+                    tracked = _track(self)
+        if tracked is None:
+            return original(self, *args, **kwargs)
+        y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
+        calls = _calls()
+        outer = calls.get(tracked)  # a call inside its own call gets it back
+        calls[tracked] = records = []
+        try:
+            total = original(self, *args, **kwargs)
+        finally:
+            if outer is None:
+                del calls[tracked]
             else:
-                tracked = _track(instance)
-    if tracked is None:
-        return wrapped(*args, **kwargs)
-    y_pred = args[1] if len(args) > 1 else kwargs["y_pred"]
-    calls = _calls()
-    outer = calls.get(tracked)  # a call inside its own call gets it back
-    calls[tracked] = records = []
-    try:
-        total = wrapped(*args, **kwargs)
-    finally:
-        if outer is None:
-            del calls[tracked]
-        else:
-            calls[tracked] = outer
-    if tracked.metrics is None:
-        with _config.lock:  # one thread names the metrics; others see them whole
-            if tracked.metrics is None:
-                made = _make_metrics(instance, tracked.adapter, y_pred, records, mode)
-                tracked.listed = tuple(metric for metric in made if metric is not None)
-                tracked.metrics = made
-    if tracked.listed:
-        _update_metrics(instance, tracked, records, mode)
-    return total
+                calls[tracked] = outer
+        if tracked.metrics is None:
+            with _config.lock:  # one thread names the metrics; others see them whole
+                if tracked.metrics is None:
+                    made = _make_metrics(self, tracked.adapter, y_pred, records, mode)
+                    tracked.listed = tuple(metric for metric in made if metric is not None)
+                    tracked.metrics = made
+        if tracked.listed:
+            _update_metrics(self, tracked, records, mode)
+        return total
+
+    return call
 
 
 def _build(wrapped, instance, args, kwargs):
@@ -380,10 +401,14 @@ def _symbolic_build(wrapped, instance, args, kwargs):
 
 def install(adapter, compile_utils, trainer, loss):
     """Wraps what this release needs for kerasfix's loss metrics."""
-    global _adapter
+    global _adapter, _ops, _loss_module, _on_tensorflow
+    from keras.src import backend, ops
+
     _adapter = adapter
+    _ops, _loss_module = ops, loss
+    _on_tensorflow = backend.backend() == "tensorflow"
     cls = compile_utils.CompileLoss
-    _wrapping.wrap_method(cls, "__call__", _call)
+    _wrapping.replace_method(cls, "__call__", _call)
     _wrapping.wrap_method(cls, "build", _build)
     if adapter.lists_loss_metrics:
         _wrapping.replace_property(cls, "metrics", _compile_loss_metrics)
@@ -394,7 +419,7 @@ def install(adapter, compile_utils, trainer, loss):
         _wrapping.wrap_property(trainer, "metrics", _trainer_metrics)
         _wrapping.wrap_method(trainer, "_symbolic_build", _symbolic_build)
     if adapter.scales_losses:
-        _wrapping.wrap_method(loss, "scale_loss_for_distribution", _count_scaling)
+        _wrapping.replace_method(loss, "scale_loss_for_distribution", _count_scaling)
 
 
 def uninstall():
