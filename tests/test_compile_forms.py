@@ -301,6 +301,24 @@ def test_unknown_output_names_are_an_error(patch_supported):
         model.fit(X, [YA, YB], sample_weight={"c": W}, epochs=1, verbose=0)
 
 
+def test_sample_weight_dict_reaching_the_loss_with_a_list_of_targets(patch_supported):
+    # A custom step (or a dataset) may hand `compute_loss` a dict of weights
+    # next to the list of targets Keras's steps pass; an output it leaves
+    # out is unweighted, as in Keras 2.
+    kerasfix.enable()
+    model = functional(keras)
+    model.compile("sgd", loss=["mse", "mae"])
+    y_pred = model(X)
+
+    def total(sample_weight):
+        value = model.compute_loss(x=X, y=[YA, YB], y_pred=y_pred, sample_weight=sample_weight)
+        return float(keras.ops.convert_to_numpy(value))
+
+    as_list = total([W, np.ones_like(W)])
+    assert total({"a": W}) == pytest.approx(as_list, rel=1e-6)
+    assert as_list != pytest.approx(total(None), rel=1e-3)
+
+
 def test_off_is_keras(patch_supported):
     kerasfix.enable()
     kerasfix.disable()
