@@ -32,7 +32,7 @@ REPORTS = ROOT / ".ci" / "reports"
 VENVS = Path(
     os.environ.get("KERASFIX_VENVS", Path.home() / ".cache" / "kerasfix" / "venvs")
 )
-TOOLS = ["pytest", "pytest-xdist", "hypothesis", "wrapt"]
+TOOLS = ["pytest", "pytest-xdist", "hypothesis", "wrapt", "setuptools>=70.1"]
 _saving = threading.Lock()
 # What CI runs, within its time limit: the nightly on every backend and 3.15
 # on JAX (3.15 on TensorFlow is .ci/run's first step, the README's

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,32 @@ def test_editable_install_gets_the_hook_too(tmp_path):
     assert (site_packages(python) / "kerasfix.pth").exists()
     on = run("import sys; print('kerasfix' in sys.modules)", {"KERASFIX": "1"}, python)
     assert on.stdout.strip() == "True", on.stderr
+
+
+def test_sdist_carries_the_tests_and_builds_a_wheel_with_the_hook(tmp_path):
+    """pip builds from the sdist when no wheel fits: that wheel needs the
+    `.pth`, and the tests shipped in the sdist need their helpers."""
+    source = source_copy(tmp_path)
+    build = "import sys, setuptools.build_meta as b; print(b.build_{}(sys.argv[1]))"
+    made = subprocess.run(
+        [sys.executable, "-c", build.format("sdist"), str(tmp_path / "sdist")],
+        cwd=source, capture_output=True, text=True, check=True,
+    )
+    with tarfile.open(tmp_path / "sdist" / made.stdout.split()[-1]) as sdist:
+        sdist.extractall(tmp_path / "unpacked", filter="data")
+    unpacked = next((tmp_path / "unpacked").iterdir())
+    wanted = {
+        p.relative_to(source) for p in (source / "tests").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    shipped = {p.relative_to(unpacked) for p in (unpacked / "tests").rglob("*") if p.is_file()}
+    assert shipped == wanted
+    made = subprocess.run(
+        [sys.executable, "-c", build.format("wheel"), str(tmp_path / "wheel")],
+        cwd=unpacked, capture_output=True, text=True, check=True,
+    )
+    with zipfile.ZipFile(tmp_path / "wheel" / made.stdout.split()[-1]) as wheel:
+        assert "kerasfix.pth" in wheel.namelist()
 
 
 def test_keras_2_is_left_native(tmp_path):
