@@ -124,6 +124,18 @@ def new_venv(where):
     return where / "bin" / "python"
 
 
+def build(kind, source, into):
+    """The file setuptools' `build_<kind>` makes from `source`, offline, with
+    this environment's setuptools."""
+    made = subprocess.run(
+        [sys.executable, "-c",
+         f"import sys, setuptools.build_meta as b; print(b.build_{kind}(sys.argv[1]))",
+         str(into)],
+        cwd=source, capture_output=True, text=True, check=True,
+    )
+    return into / made.stdout.split()[-1]
+
+
 @pytest.fixture
 def fresh_venv(tmp_path):
     """A new virtualenv with kerasfix installed from a wheel built here,
@@ -162,15 +174,9 @@ def test_wheel_install_puts_the_hook_in_place_and_uninstall_removes_it(fresh_ven
 
 def test_editable_install_gets_the_hook_too(tmp_path):
     source = source_copy(tmp_path)
-    # The editable wheel, built by this environment's setuptools offline.
-    built = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, setuptools.build_meta as b; print(b.build_editable(sys.argv[1]))",
-         str(tmp_path / "dist")],
-        cwd=source, capture_output=True, text=True, check=True,
-    )
+    editable = build("editable", source, tmp_path / "dist")
     python = new_venv(tmp_path / "env")
-    offline(python, "install", str(tmp_path / "dist" / built.stdout.split()[-1]))
+    offline(python, "install", str(editable))
     assert (site_packages(python) / "kerasfix.pth").exists()
     on = run("import sys; print('kerasfix' in sys.modules)", {"KERASFIX": "1"}, python)
     assert on.stdout.strip() == "True", on.stderr
@@ -180,12 +186,7 @@ def test_sdist_carries_the_tests_and_builds_a_wheel_with_the_hook(tmp_path):
     """pip builds from the sdist when no wheel fits: that wheel needs the
     `.pth`, and the tests shipped in the sdist need their helpers."""
     source = source_copy(tmp_path)
-    build = "import sys, setuptools.build_meta as b; print(b.build_{}(sys.argv[1]))"
-    made = subprocess.run(
-        [sys.executable, "-c", build.format("sdist"), str(tmp_path / "sdist")],
-        cwd=source, capture_output=True, text=True, check=True,
-    )
-    with tarfile.open(tmp_path / "sdist" / made.stdout.split()[-1]) as sdist:
+    with tarfile.open(build("sdist", source, tmp_path / "sdist")) as sdist:
         sdist.extractall(tmp_path / "unpacked", filter="data")
     unpacked = next((tmp_path / "unpacked").iterdir())
     wanted = {
@@ -194,11 +195,7 @@ def test_sdist_carries_the_tests_and_builds_a_wheel_with_the_hook(tmp_path):
     }
     shipped = {p.relative_to(unpacked) for p in (unpacked / "tests").rglob("*") if p.is_file()}
     assert shipped == wanted
-    made = subprocess.run(
-        [sys.executable, "-c", build.format("wheel"), str(tmp_path / "wheel")],
-        cwd=unpacked, capture_output=True, text=True, check=True,
-    )
-    with zipfile.ZipFile(tmp_path / "wheel" / made.stdout.split()[-1]) as wheel:
+    with zipfile.ZipFile(build("wheel", unpacked, tmp_path / "wheel")) as wheel:
         assert "kerasfix.pth" in wheel.namelist()
 
 
